@@ -1,0 +1,48 @@
+"""The `ensemblekit` command: parses, calls the library, prints. Sub-commands live in
+`ensemblekit.commands`, one module each."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import __version__
+from .data import DataError
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS = ("demo", "datasets", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ensemblekit",
+        description="Ensembles, snapshots, Polyak averaging, dropout, occlusions and Siamese nets, measured.",
+    )
+    parser.add_argument("--version", action="version", version=f"ensemblekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f".commands.{name}", __package__)
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, DataError, OSError) as exc:
+        # bad input: one line, exit 2, no traceback
+        print(f"ensemblekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ensemblekit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

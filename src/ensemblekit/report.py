@@ -1,0 +1,114 @@
+"""Results as people and scripts read them: rich tables, JSON files, matplotlib figures.
+
+A result row is a plain dict, the same shape in the table and in ``--json`` output:
+``{"name": "ensemble (5)", "test": {"accuracy": 0.91, "nll": 0.25, ...}, "val": {...}, ...}``
+(accuracy as a fraction; tables show it in percent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_table", "write_json", "atomic_write_bytes", "save_figure", "format_metric"]
+
+DEFAULT_METRICS = ("accuracy", "nll", "brier", "ece")
+
+
+def format_metric(name: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if name in ("accuracy", "auc", "error") or name.endswith("accuracy"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4f}"
+
+
+def print_table(
+    rows: Sequence[dict[str, Any]],
+    *,
+    title: str = "",
+    split: str = "test",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    extra_columns: Sequence[str] = (),
+    console: Console | None = None,
+) -> None:
+    """One line per row: its name, the ``split`` metrics, then any top-level ``extra_columns``."""
+    table = Table(title=title or None, title_justify="left")
+    table.add_column("model / method", style="bold")
+    for m in metrics:
+        table.add_column(f"{split} {m}", justify="right")
+    for c in extra_columns:
+        table.add_column(c, justify="right")
+    for row in rows:
+        values = row.get(split, {})
+        cells = [format_metric(m, values.get(m)) for m in metrics]
+        cells += [_cell(row.get(c)) for c in extra_columns]
+        table.add_row(str(row["name"]), *cells)
+    (console or Console()).print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def new_figure(*args: Any, **kwargs: Any) -> Any:
+    """A matplotlib figure on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
