@@ -48,7 +48,7 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """[Conv3x3 -> (BN) -> ReLU -> Conv3x3 -> (BN) -> ReLU -> MaxPool2] per width -> Dropout -> MLP head.
+    """[[Conv3x3 -> (BN) -> ReLU] x convs_per_block -> MaxPool2] per width -> Dropout -> MLP head.
 
     Pooling stops once the feature map is 1 pixel wide, so 8x8 digits and 105x105 Omniglot both work.
     """
@@ -62,20 +62,23 @@ class SmallCNN(nn.Module):
         batchnorm: bool = True,
         dropout: float = 0.0,
         dropout_kind: str = "inverted",
+        convs_per_block: int = 1,
     ) -> None:
         super().__init__()
         _check_shape(in_shape, num_classes)
+        if convs_per_block < 1:
+            raise ValueError(f"convs_per_block={convs_per_block}: must be >= 1")
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"channels={list(channels)}: give one or more positive widths")
         self.config = {
             "arch": "cnn", "in_shape": list(in_shape), "num_classes": num_classes,
             "channels": list(channels), "hidden": hidden, "batchnorm": batchnorm,
-            "dropout": dropout, "dropout_kind": dropout_kind,
+            "dropout": dropout, "dropout_kind": dropout_kind, "convs_per_block": convs_per_block,
         }
         c_in, h, w = in_shape
         blocks: list[nn.Module] = []
         for c_out in channels:
-            for c_from in (c_in, c_out):
+            for c_from in [c_in] + [c_out] * (convs_per_block - 1):
                 blocks += [nn.Conv2d(c_from, c_out, 3, padding=1, bias=not batchnorm)]
                 blocks += [nn.BatchNorm2d(c_out)] if batchnorm else []
                 blocks += [nn.ReLU(inplace=True)]
