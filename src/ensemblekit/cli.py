@@ -10,6 +10,7 @@ from typing import Sequence
 
 from . import __version__
 from .data import DataError
+from .train import TrainingError
 
 __all__ = ["main", "COMMANDS"]
 
@@ -35,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, DataError, OSError) as exc:
-        # bad input: one line, exit 2, no traceback
+    except (ValueError, DataError, OSError, TrainingError) as exc:
+        # bad input (a diverging lr included): one line, exit 2, no traceback
         print(f"ensemblekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -303,7 +305,7 @@ def _read_bytes(path: Path) -> bytes:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data
             raise DataError(f"{path}: not a valid gzip file ({exc})") from exc
     return raw
 
@@ -317,12 +319,14 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000TTDD)")
     if ndim == 0:
         raise DataError(f"{name}: IDX header declares 0 dimensions")
+    if ndim > 32:  # numpy's limit is 64; no real IDX file comes close
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions (at most 32 supported)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{name}: truncated inside the header ({len(raw)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_TYPES[type_code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: huge dims must not wrap around
     if len(raw) < expected:
         raise DataError(f"{name}: truncated, {len(raw)} bytes but dims {list(dims)} need {expected}")
     if len(raw) > expected:
@@ -420,7 +424,7 @@ def _idx_reader(classes: Sequence[str]) -> Callable[[Path], tuple[Split, Split, 
             if images.dtype != np.uint8:
                 raise DataError(f"{folder}: {prefix} images are {images.dtype}, expected unsigned bytes")
             labels = labels.astype(np.int64)
-            if labels.min() < 0 or labels.max() >= len(classes):
+            if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
                 raise DataError(f"{folder}: {prefix} labels outside 0..{len(classes) - 1}")
             return Split(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels))
 

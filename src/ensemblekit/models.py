@@ -6,6 +6,7 @@ A model's config (``model.config``) is JSON-safe and rebuilds the same architect
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -116,6 +117,17 @@ def build_model(config: dict[str, Any], *, seed: int | None = None) -> nn.Module
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     kwargs = {k: v for k, v in config.items() if k != "arch"}
+    # a misspelt or missing key is a bad config (ValueError naming it), not a TypeError deep inside
+    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"{arch} config: unknown keys {unknown}; allowed: {', '.join(params)}")
+    missing = [k for k, p in params.items()
+               if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               and k not in kwargs]
+    if missing:
+        raise ValueError(f"{arch} config: missing required keys {missing}")
     if seed is None:
         return ARCHITECTURES[arch](**kwargs)
     with torch.random.fork_rng(devices=[]):

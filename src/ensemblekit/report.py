@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_table", "write_json", "atomic_write_bytes", "save_figure", "format_metric"]
+__all__ = ["print_table", "write_json", "write_html", "atomic_write_bytes", "save_figure", "new_figure", "format_metric"]
 
 DEFAULT_METRICS = ("accuracy", "nll", "brier", "ece")
 
@@ -112,3 +112,51 @@ def new_figure(*args: Any, **kwargs: Any) -> Any:
     import matplotlib.pyplot as plt
 
     return plt.subplots(*args, **kwargs)
+
+
+def write_html(
+    path: str | os.PathLike,
+    *,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    figures: Iterable[str | os.PathLike] = (),
+    notes: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """A self-contained HTML report: the results table per split, notes, figures embedded as base64 PNG."""
+    import base64
+    import html
+
+    splits = [s for s in ("test", "val", "train") if any(s in r for r in rows)]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0}"
+        "pre{background:#f6f6f6;padding:1em;overflow:auto}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for split in splits:
+        present = {m for r in rows for m in r.get(split, {})}
+        metrics = [m for m in DEFAULT_METRICS if m in present] + sorted(present - set(DEFAULT_METRICS))
+        parts.append(f"<h2>{split}</h2><table><tr><th>model / method</th>")
+        parts += [f"<th>{html.escape(m)}</th>" for m in metrics]
+        parts.append("</tr>")
+        for row in rows:
+            values = row.get(split, {})
+            parts.append(f"<tr><td>{html.escape(str(row['name']))}</td>")
+            parts += [f"<td>{format_metric(m, values.get(m))}</td>" for m in metrics]
+            parts.append("</tr>")
+        parts.append("</table>")
+    for note in notes:
+        parts.append(f"<p>{html.escape(note)}</p>")
+    for figure in figures:
+        data = base64.b64encode(Path(figure).read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(Path(figure).name)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(Path(figure).name)}</figcaption></figure>")
+    if meta:
+        parts.append(f"<h2>settings</h2><pre>{html.escape(json.dumps(meta, indent=2, default=_jsonable))}</pre>")
+    parts.append("</body></html>\n")
+    atomic_write_bytes(path, "".join(parts).encode())
+    return Path(path)

@@ -10,7 +10,7 @@ from rich.console import Console
 from .. import __version__
 from ..data import Splits, load
 from ..models import build_model
-from ..report import DEFAULT_METRICS, print_table, write_json
+from ..report import DEFAULT_METRICS, print_table, write_html, write_json
 from ..train import Recipe, evaluate_model
 
 console = Console(stderr=False)
@@ -53,6 +53,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: Recipe | Non
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--json", metavar="FILE", default=None, help="also write the results table to FILE as JSON")
+    group.add_argument("--html", metavar="FILE", default=None, help="also write a self-contained HTML report (table, notes, figures)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -109,13 +110,17 @@ def finish(
     metrics: Sequence[str] = DEFAULT_METRICS,
     extra_columns: Sequence[str] = (),
     notes: Sequence[str] = (),
+    figures: Sequence[Any] = (),
     **meta: Any,
 ) -> int:
-    """Print the table (and notes), write ``--json`` if asked; the exit code."""
+    """Print the table (and notes), write ``--json`` / ``--html`` if asked; the exit code."""
     print_table(rows, title=title, metrics=metrics, extra_columns=extra_columns, console=console)
     for note in notes:
         console.print(note)
     if getattr(args, "json", None):
         write_json(args.json, {"command": args.command, "version": __version__, "rows": rows, **meta})
         console.print(f"wrote {args.json}")
+    if getattr(args, "html", None):
+        write_html(args.html, title=title, rows=rows, figures=figures, notes=notes, meta={"command": args.command, **meta})
+        console.print(f"wrote {args.html}")
     return 0
