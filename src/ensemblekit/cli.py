@@ -14,7 +14,7 @@ from .train import TrainingError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("demo", "datasets", "train")
+COMMANDS = ("demo", "datasets", "train", "occlusion", "averaging", "ensemble", "predict", "dropout", "siamese")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,9 +67,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    # fail here with a clear message, not with an AssertionError deep inside torch
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r}: Apple's MPS is not available on this machine; use 'auto' or 'cpu'")
+    return resolved
 
 
 # ----------------------------------------------------------------------------- splits
@@ -150,10 +156,20 @@ class Splits:
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """uint8 or [0, 255] images (..., C, H, W) -> float32 standardised per channel."""
-    x = images.to(torch.float32).div_(255.0)
-    mean = mean.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
-    std = std.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
-    return x.sub_(mean).div_(std)
+    return _standardize(images, *_affine(mean, std, images.device))
+
+
+def _affine(mean: Tensor, std: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (C, 1, 1), with (x / 255 - mean) / std == x * scale + shift."""
+    mean = mean.to(device=device, dtype=torch.float32).view(-1, 1, 1)
+    std = std.to(device=device, dtype=torch.float32).view(-1, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def _standardize(images: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    # one multiply and one add on a fresh float copy: two passes over the batch instead of four,
+    # and the caller's tensor is never modified (even when it is float32 already)
+    return images.to(torch.float32, copy=True).mul_(scale).add_(shift)
 
 
 def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
@@ -274,9 +290,10 @@ class Batches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.order(epoch)
+        scale, shift = _affine(self.mean, self.std, self.device)  # once per epoch, not per batch
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
-            x = normalize(self.images.index_select(0, idx), self.mean, self.std)
+            x = _standardize(self.images.index_select(0, idx), scale, shift)
             if self.transform is not None:
                 x = self.transform(x)
             yield x, self.labels.index_select(0, idx)
@@ -609,6 +626,15 @@ def _md5(path: Path) -> str:
 
 # Loaders for names with a prefix, such as "folder:PATH" (image folders), register here.
 PREFIX_LOADERS: dict[str, Callable[..., Splits]] = {}
+
+
+def _load_image_folder(path: str, **kwargs) -> Splits:
+    from .imagefolder import load_folder  # imported on use: imagefolder imports this module
+
+    return load_folder(path, **kwargs)
+
+
+PREFIX_LOADERS["folder"] = _load_image_folder
 
 
 def load(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "nll", "brier", "ece", "evaluate", "METRICS"]
+__all__ = ["accuracy", "nll", "brier", "ece", "evaluate", "METRICS", "roc_curve", "equal_error_rate", "roc_auc"]
 
 EPS = 1e-12  # probabilities are clamped here before the log, so one confident mistake stays finite
 
@@ -57,6 +57,43 @@ def ece(proba: Tensor, labels: Tensor, bins: int = 15) -> float:
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), confidence.cpu())
     correct_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), correct.cpu())
     return ((correct_sum - conf_sum).abs().sum() / max(len(labels), 1)).item()
+
+
+def roc_curve(scores: Tensor, positive: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(false positive rate, true positive rate, thresholds) of "positive iff score >= t", via
+    `sklearn.metrics.roc_curve`; ``positive`` (N,) is 1/True for the positive class."""
+    from sklearn.metrics import roc_curve as _roc_curve
+
+    fpr, tpr, thresholds = _roc_curve(positive.detach().cpu().numpy().astype(bool), scores.detach().double().cpu().numpy())
+    return torch.from_numpy(fpr), torch.from_numpy(tpr), torch.from_numpy(thresholds)
+
+
+def equal_error_rate(scores: Tensor, positive: Tensor) -> float:
+    """The error rate where false accepts equal false rejects (FPR = 1 - TPR) on the ROC curve.
+
+    Between the two ROC points where FPR - (1 - TPR) changes sign the crossing is linearly
+    interpolated, so the value does not depend on how finely the thresholds fall.
+    """
+    fpr, tpr, _ = roc_curve(scores, positive)
+    fnr = 1 - tpr
+    gap = fpr - fnr  # rises from -1 (threshold above all scores) to +1
+    k = int(torch.nonzero(gap >= 0)[0])
+    if k == 0 or gap[k] == 0:
+        return float((fpr[k] + fnr[k]) / 2)
+    w = -gap[k - 1] / (gap[k] - gap[k - 1])  # fraction of the way from point k-1 to k
+    return float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
+
+
+def roc_auc(scores: Tensor, positives: Tensor) -> float:
+    """Area under the ROC curve of "positive iff score >= t" (`sklearn.metrics.roc_auc_score`):
+    the probability that a random positive scores above a random negative (ties count half).
+    ``positives`` (N,) is 1/True for the positive class; both classes must occur."""
+    from sklearn.metrics import roc_auc_score
+
+    positives = positives.detach().cpu().numpy().astype(bool)
+    if positives.all() or not positives.any():
+        raise ValueError(f"roc_auc needs both classes; got {int(positives.sum())} positives out of {positives.size}")
+    return float(roc_auc_score(positives, scores.detach().double().cpu().numpy()))
 
 
 METRICS = {"accuracy": accuracy, "nll": nll, "brier": brier, "ece": ece}

@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-__all__ = ["Schedule", "Constant", "StepDecay", "Cosine", "Warmup", "SCHEDULES", "make_schedule"]
+__all__ = [
+    "Schedule", "Constant", "StepDecay", "Cosine", "Warmup", "CosineRestarts", "SCHEDULES", "make_schedule",
+]
 
 
 class Schedule(Protocol):
@@ -61,6 +63,68 @@ class Warmup:
         if step < self.steps:
             return self.inner(step) * (step + 1) / self.steps
         return self.inner(step)
+
+
+@dataclass(frozen=True)
+class CosineRestarts:
+    """Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter 2017), per optimiser step.
+
+    Cycle i lasts ``cycle_steps * t_mult**i`` steps; inside it the lr falls along half a cosine
+    from ``lr`` to (almost) ``min_lr``, then jumps back to ``lr``. Equal step by step to
+    ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cycle_steps, T_mult=t_mult,
+    eta_min=min_lr)`` stepped once per optimiser step. Snapshot ensembles (Huang et al. 2017) take
+    the weights at each cycle end, where the lr is lowest: `cycle_ends` lists those step counts.
+    """
+
+    lr: float
+    cycle_steps: int  # T_0: length of the first cycle, in optimiser steps
+    t_mult: int = 1  # T_mult: each cycle is this many times longer than the one before
+    min_lr: float = 0.0  # eta_min: the floor each cycle anneals towards
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cycle_steps, int) or self.cycle_steps < 1:
+            raise ValueError(f"cycle_steps={self.cycle_steps!r}: must be a whole number >= 1")
+        if not isinstance(self.t_mult, int) or self.t_mult < 1:
+            raise ValueError(f"t_mult={self.t_mult!r}: must be a whole number >= 1 (as in torch)")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr={self.min_lr}: must lie in [0, lr={self.lr}]")
+
+    def cycle_start(self, cycle: int) -> int:
+        """The step at which cycle ``cycle`` (0-based) begins: T_0 * (t_mult**i - 1) / (t_mult - 1)."""
+        if self.t_mult == 1:
+            return self.cycle_steps * cycle
+        return self.cycle_steps * (self.t_mult**cycle - 1) // (self.t_mult - 1)
+
+    def position(self, step: int) -> tuple[int, int, int]:
+        """(cycle index, steps into that cycle, that cycle's length) for a 0-based ``step``."""
+        if self.t_mult == 1:
+            cycle = step // self.cycle_steps
+        else:  # invert cycle_start; the loop fixes float rounding of the log
+            cycle = int(math.log(step * (self.t_mult - 1) / self.cycle_steps + 1, self.t_mult))
+            while self.cycle_start(cycle + 1) <= step:
+                cycle += 1
+            while self.cycle_start(cycle) > step:
+                cycle -= 1
+        return cycle, step - self.cycle_start(cycle), self.cycle_steps * self.t_mult**cycle
+
+    def __call__(self, step: int) -> float:
+        _, t_cur, t_i = self.position(step)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t_cur / t_i))
+
+    def cycle_ends(self, total_steps: int) -> tuple[int, ...]:
+        """Step counts (steps taken so far) at which a cycle has just finished, up to ``total_steps``."""
+        ends, cycle = [], 1
+        while self.cycle_start(cycle) <= total_steps:
+            ends.append(self.cycle_start(cycle))
+            cycle += 1
+        return tuple(ends)
+
+    def is_cycle_end(self, steps_taken: int) -> bool:
+        """True right after the last step of a cycle (``steps_taken`` counts steps, 1 after the first)."""
+        if steps_taken < 1:
+            return False
+        cycle, t_cur, _ = self.position(steps_taken)
+        return t_cur == 0
 
 
 SCHEDULES = ("constant", "step", "cosine")

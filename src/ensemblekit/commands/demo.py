@@ -35,6 +35,18 @@ def single_row(splits: Splits, recipe: Recipe, progress: bool | None) -> dict[st
 # Each entry adds one row to the demo table: (splits, recipe, progress) -> row.
 ROWS: list[Callable[[Splits, Recipe, bool | None], dict[str, Any]]] = [single_row]
 
+from .occlusion import demo_row as cutout_row  # noqa: E402  (imports demo: after mlp_config)
+
+ROWS.append(cutout_row)
+
+from .dropout import demo_row as mc_dropout_row  # noqa: E402
+
+ROWS.append(mc_dropout_row)
+
+from .averaging import ema_demo_row, snapshot_demo_row  # noqa: E402
+
+ROWS += [snapshot_demo_row, ema_demo_row]
+
 
 def run(args: argparse.Namespace) -> int:
     splits = load("digits")

@@ -1,0 +1,151 @@
+"""Benchmark: training a 5-member MLP ensemble, ensemblekit vs torchensemble's VotingClassifier.
+
+Peer: torchensemble 0.2.0 ``VotingClassifier`` (soft voting). Its PyPI metadata asks for
+torchvision, which it does not need to import, so install it without dependencies::
+
+    pip install --no-deps torchensemble
+    python bench/bench_ensemble.py                 # both cases, 3 runs each, median
+    python bench/bench_ensemble.py --case a --runs 5
+
+Both sides get the same architecture (ensemblekit's `MLP`), data (pre-normalised float tensors
+for torchensemble's DataLoader; ensemblekit cuts and normalises uint8 batches itself), epochs,
+batch size and optimizer (SGD, lr 0.05, momentum 0.9, no Nesterov, weight decay 5e-4, constant
+lr), in one process, one after the other. Cases (issue 3):
+
+- (a) digits, MLP 64-128-10, 5 members, 20 epochs, batch 64: target >= 3x faster.
+- (b) Fashion-MNIST, MLP 784-512-512-10, 5 members, 3 epochs, batch 128: target >= 1.4x faster,
+  and achieved training GFLOP/s / GFLOP/s of a 2048x2048 float32 matmul (target >= 0.8). FLOPs
+  per sample and linear layer (fan-in a, fan-out b): 2ab forward + 2ab weight gradient + 2ab
+  input gradient (none for the first layer).
+
+ensemblekit is timed both vectorised (one wide network; what ``vectorize="auto"`` picks for MLPs)
+and one by one (``vectorize="off"``); that pair is the measurement behind ``auto``.
+
+Evidence (2 shared CPU cores, torch 2.13.0 CPU, load average shown in the header; medians):
+see docs/ensembles.md for the table this script printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ensemblekit import Recipe, load
+from ensemblekit.ensemble import Ensemble, train_members
+from ensemblekit.metrics import accuracy
+from ensemblekit.models import MLP
+
+CASES = {
+    "a": dict(dataset="digits", hidden=[128], members=5, epochs=20, batch_size=64),
+    "b": dict(dataset="fashion-mnist", hidden=[512, 512], members=5, epochs=3, batch_size=128),
+}
+OPTIMIZER = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def train_flops(in_features: int, hidden: list[int], classes: int, samples: int) -> float:
+    """2ab forward + 2ab weight grad + 2ab input grad per sample and layer (no input grad for layer 1)."""
+    widths = [in_features, *hidden, classes]
+    per_sample = 0
+    for j, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        per_sample += 2 * a * b * (2 if j == 0 else 3)
+    return float(per_sample) * samples
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def run_ensemblekit(splits: Any, case: dict, vectorize: str, seed: int) -> tuple[float, float]:
+    config = {"arch": "mlp", "in_shape": list(splits.image_shape), "num_classes": splits.num_classes, "hidden": case["hidden"]}
+    recipe = Recipe(epochs=case["epochs"], batch_size=case["batch_size"], optimizer="sgd", nesterov=False,
+                    schedule="constant", seed=seed, device="cpu", **OPTIMIZER)
+    start = time.perf_counter()
+    trained = train_members(config, splits.batches("train", batch_size=case["batch_size"]), recipe,
+                            members=case["members"], vectorize=vectorize, progress=False)
+    seconds = time.perf_counter() - start
+    return seconds, accuracy(trained.ensemble.predict_proba(splits.inputs("test")), splits.test.labels)
+
+
+def run_torchensemble(splits: Any, case: dict, seed: int) -> tuple[float, float]:
+    from torchensemble import VotingClassifier
+
+    kwargs = dict(in_shape=list(splits.image_shape), num_classes=splits.num_classes, hidden=case["hidden"])
+
+    class Member(MLP):  # torchensemble instantiates the class once per member
+        def __init__(self) -> None:
+            super().__init__(**kwargs)
+
+    torch.manual_seed(seed)
+    loader = DataLoader(TensorDataset(splits.inputs("train"), splits.train.labels),
+                        batch_size=case["batch_size"], shuffle=True)
+    model = VotingClassifier(estimator=Member, n_estimators=case["members"], cuda=False)
+    model.set_optimizer("SGD", **OPTIMIZER)
+    start = time.perf_counter()
+    model.fit(loader, epochs=case["epochs"], log_interval=10**9, save_model=False)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        proba = Ensemble(list(model.estimators_)).predict_proba(splits.inputs("test"))
+    return seconds, accuracy(proba, splits.test.labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=["a", "b", "all"], default="all")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.WARNING)
+    import contextlib
+    import io
+
+    print(f"# bench_ensemble: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}, {args.runs} runs, median")
+    for name in (["a", "b"] if args.case == "all" else [args.case]):
+        case = CASES[name]
+        splits = load(case["dataset"])
+        times: dict[str, list[float]] = {"wide": [], "one-by-one": [], "torchensemble": []}
+        accs: dict[str, list[float]] = {k: [] for k in times}
+        for run in range(args.runs):
+            for label, fn in (("wide", lambda: run_ensemblekit(splits, case, "on", run)),
+                              ("one-by-one", lambda: run_ensemblekit(splits, case, "off", run)),
+                              ("torchensemble", lambda: run_torchensemble(splits, case, run))):
+                with contextlib.redirect_stdout(io.StringIO()):  # torchensemble prints per epoch
+                    seconds, acc = fn()
+                times[label].append(seconds)
+                accs[label].append(acc)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\n## case ({name}): {case['dataset']}, MLP {'-'.join(map(str, [splits.image_shape[0] * splits.image_shape[1] * splits.image_shape[2], *case['hidden'], splits.num_classes]))}, "
+              f"{case['members']} members, {case['epochs']} epochs, batch {case['batch_size']}")
+        for label in times:
+            print(f"{label:>14}: {med[label]:7.2f} s   test accuracy {100 * statistics.median(accs[label]):.2f}% "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in times[label])} s)")
+        print(f"speed-up vs torchensemble: wide {med['torchensemble'] / med['wide']:.2f}x, "
+              f"one-by-one {med['torchensemble'] / med['one-by-one']:.2f}x; wide vs one-by-one "
+              f"{med['one-by-one'] / med['wide']:.2f}x")
+        if name == "b":
+            in_features = splits.image_shape[0] * splits.image_shape[1] * splits.image_shape[2]
+            flops = train_flops(in_features, case["hidden"], splits.num_classes, len(splits.train)) * case["epochs"] * case["members"]
+            peak = matmul_gflops()
+            achieved = flops / med["wide"] / 1e9
+            print(f"training FLOPs {flops / 1e12:.3f} TFLOP; achieved {achieved:.1f} GFLOP/s (wide); "
+                  f"2048x2048 float32 matmul {peak:.1f} GFLOP/s; ratio {achieved / peak:.2f} "
+                  f"(torchensemble {flops / med['torchensemble'] / 1e9 / peak:.2f})")
+
+
+if __name__ == "__main__":
+    main()
