@@ -173,6 +173,9 @@ def test_bad_members_are_rejected(digits):
         Ensemble([lambda x: x])
     ten = build_model(mlp_config(digits))
     five = build_model({**mlp_config(digits), "num_classes": 5})
+    with pytest.raises(ValueError, match="member 1 outputs 5 classes, member 0 outputs 10"):
+        Ensemble([ten, five])
+    five.config = None  # a module that does not declare its outputs is caught at the first prediction
     with pytest.raises(ValueError, match=r"member 1 outputs shape \(4, 5\)"):
         Ensemble([ten, five]).predict_proba(digits.inputs("test")[:4])
     with pytest.raises(ValueError, match="combine="):

@@ -33,6 +33,13 @@ def test_forward_equals_each_member():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_forward_without_hidden_layers():
+    ms = members(2, {**CONFIG, "hidden": []})
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(WideMLP(ms)(x), torch.stack([m(x) for m in ms]), atol=1e-5)
+
+
 def test_to_members_round_trip():
     ms = members()
     back = WideMLP(ms).to_members()

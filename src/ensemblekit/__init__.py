@@ -13,6 +13,8 @@ from .occlusion import Cutout, RandomErasing, occlusion_robustness, occlusion_se
 from .dropout import InvertedDropout, VanillaDropout  # noqa: E402
 from .mc_dropout import MCDropout  # noqa: E402
 from .dropout_exact import exact_ensemble  # noqa: E402
+from .ensemble import Ensemble, evaluate_members, fit_weights, train_members  # noqa: E402
+from .checkpoint import CheckpointError, load_ensemble, save_ensemble  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -24,4 +26,6 @@ __all__ = [
     "EMA", "SWA", "recompute_batchnorm", "train_snapshot_ensemble",
     "Cutout", "RandomErasing", "occlusion_robustness", "occlusion_sensitivity",
     "InvertedDropout", "VanillaDropout", "MCDropout", "exact_ensemble",
+    "Ensemble", "evaluate_members", "fit_weights", "train_members",
+    "CheckpointError", "load_ensemble", "save_ensemble",
 ]

@@ -151,6 +151,11 @@ class Ensemble(nn.Module):
             raise ValueError(f"combine={combine!r}: choose one of {', '.join(COMBINE_RULES)}")
         if combine == "weighted" and weights is None:
             raise ValueError("combine='weighted' needs weights; fit them with Ensemble.fit_weights(x_val, y_val)")
+        # ensemblekit models declare their outputs: refuse a mismatch now, not at the first prediction
+        declared = [(getattr(m, "config", None) or {}).get("num_classes") for m in members]
+        for i, n in enumerate(declared):
+            if n is not None and declared[0] is not None and n != declared[0]:
+                raise ValueError(f"member {i} outputs {n} classes, member 0 outputs {declared[0]}; members must agree")
         self.members = nn.ModuleList(members)
         self.combine = combine
         self.weights = None if weights is None else _check_weights(weights, len(members))

@@ -85,7 +85,11 @@ def read_image_folder(
             try:
                 with Image.open(path) as img:
                     img.load()  # decode now: a truncated file fails here, not later
-                    loaded.append((label, img.copy()))
+                    # shrink at once (grey stays "L", anything else becomes "RGB"): memory stays small
+                    small = _to_mode(img, "L" if img.mode in _GREY_MODES else "RGB")
+                    if small.size != (width, height):
+                        small = small.resize((width, height), Image.Resampling.BILINEAR)
+                    loaded.append((label, small))
                 counts[label] += 1
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 skipped.append(f"{path} ({type(exc).__name__})")
@@ -99,16 +103,11 @@ def read_image_folder(
             f"too few in: {', '.join(too_few)}"
         )
     if channels is None:
-        channels = 1 if all(img.mode in _GREY_MODES for _, img in loaded) else 3
+        channels = 1 if all(img.mode == "L" for _, img in loaded) else 3
     mode = "L" if channels == 1 else "RGB"
-    from PIL import Image as _Image
-
     arrays = []
     for _, img in loaded:
-        converted = _to_mode(img, mode)
-        if converted.size != (width, height):
-            converted = converted.resize((width, height), _Image.Resampling.BILINEAR)
-        array = np.asarray(converted, dtype=np.uint8)
+        array = np.asarray(img.convert(mode), dtype=np.uint8)
         arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))  # (C, H, W)
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([label for label, _ in loaded], dtype=torch.int64)
@@ -117,17 +116,15 @@ def read_image_folder(
 
 def _to_mode(img, mode: str):
     """Convert to "L" or "RGB"; 16-bit and float greyscale are scaled to 8 bits first."""
+    from PIL import Image
+
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         a = np.asarray(img, dtype=np.float64)
         span = a.max() - a.min()
         a = np.zeros_like(a) if span == 0 else (a - a.min()) / span * 255.0
-        from PIL import Image
-
         img = Image.fromarray(np.rint(a).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
         img = img.convert("RGBA")
-        from PIL import Image
-
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))  # transparent -> white
         img = Image.alpha_composite(background, img)
     return img.convert(mode)

@@ -207,7 +207,7 @@ class Cutout:
 
     ``Cutout(12, p=0.5)(x)`` on any (B, C, H, W) tensor; pass ``generator`` for draws independent
     of torch's global RNG (without one, `train.fit` seeding makes training runs reproducible).
-    ``inplace=True`` overwrites the batch instead of copying it (about twice as fast); safe as a
+    ``inplace=True`` overwrites the batch instead of copying it (saves one pass); safe as a
     `Batches` transform, whose batches are fresh tensors.
     """
 
@@ -259,7 +259,8 @@ def draw_erasing(
     device = torch.device(device)
     draw_on = _draw_device(device, generator)
     apply = torch.rand(batch, generator=generator, device=draw_on) < p
-    uniforms = torch.rand(4, batch, attempts, generator=generator, device=draw_on).to(device)
+    # float64: the rounding of h and w must not depend on float32 noise
+    uniforms = torch.rand(4, batch, attempts, generator=generator, device=draw_on, dtype=torch.float64).to(device)
     noise = None
     if noise_shape is not None:
         noise = torch.randn(tuple(noise_shape), generator=generator, device=draw_on).to(device)
@@ -274,20 +275,20 @@ def erasing_boxes(
     All attempts are evaluated at once; ``erased`` is False where the image was not chosen (``p``)
     or no attempt fit (its box is then empty).
     """
-    # float64: the rounding of h and w must not depend on float32 noise
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * draw.area.double())  # (B, T) pixels
+    u = [t.double() for t in (draw.area, draw.log_ratio, draw.top, draw.left)]  # no copy if float64 already
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])  # (B, T) pixels
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * draw.log_ratio.double())  # (B, T) = h / w
-    h = torch.round(torch.sqrt(area * aspect)).long()
-    w = torch.round(torch.sqrt(area / aspect)).long()
-    top = torch.floor(draw.top.double() * height).long()
-    left = torch.floor(draw.left.double() * width).long()
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])  # (B, T) = h / w
+    h = torch.round(torch.sqrt(area * aspect))
+    w = torch.round(torch.sqrt(area / aspect))
+    top = torch.floor(u[2] * height)
+    left = torch.floor(u[3] * width)
     fits = (h >= 1) & (w >= 1) & (top + h <= height) & (left + w <= width)  # (B, T)
-    first = fits.int().argmax(dim=1, keepdim=True)  # (B, 1): argmax returns the first True
+    first = fits.int().argmax(dim=1)  # (B,): argmax returns the first True
     erased = fits.any(dim=1) & draw.apply
-    pick = lambda t: t.gather(1, first).squeeze(1) * erased  # (B,); not erased -> empty box at 0
-    top, left = pick(top), pick(left)
-    return top, left, top + pick(h), left + pick(w), erased
+    boxes = torch.stack([top, left, h, w])  # (4, B, T)
+    top, left, h, w = (boxes.gather(2, first.view(1, -1, 1).expand(4, -1, 1)).squeeze(2).long() * erased).unbind(0)
+    return top, left, top + h, left + w, erased  # not erased: an empty box at (0, 0)
 
 
 def random_erasing(

@@ -71,6 +71,8 @@ class WideMLP(nn.Module):
         b = x.shape[0]
         h = F.linear(x.reshape(b, -1), self.first_weight, self.first_bias)  # (B, K*h1): one GEMM
         h = h.view(b, self.k, -1).transpose(0, 1)  # (K, B, h1)
+        if not len(self.weights):  # hidden=(): the first layer is the output layer
+            return h
         h = self.dropout(F.relu(h))
         last = len(self.weights) - 1
         for j, (weight, bias) in enumerate(zip(self.weights, self.biases)):

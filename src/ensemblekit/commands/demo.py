@@ -47,6 +47,10 @@ from .averaging import ema_demo_row, snapshot_demo_row  # noqa: E402
 
 ROWS += [snapshot_demo_row, ema_demo_row]
 
+from .ensemble import demo_row as ensemble_demo_row  # noqa: E402
+
+ROWS.append(ensemble_demo_row)
+
 
 def run(args: argparse.Namespace) -> int:
     splits = load("digits")

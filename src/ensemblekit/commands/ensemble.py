@@ -134,3 +134,16 @@ def extra_performance_line(evaluation: dict[str, Any]) -> str:
         f"(best member {format_metric('accuracy', best['accuracy'])}); NLL {ens['nll']:.4f} vs mean member "
         f"{mean['nll']:.4f} ({nll_change:+.1f}%); mean pairwise disagreement {100 * d['disagreement']:.2f}%"
     )
+
+
+def demo_row(splits: Any, recipe: Any, progress: bool | None) -> dict[str, Any]:
+    """`ensemblekit demo`'s row: 5 demo MLPs trained as one wide network, mean of probabilities."""
+    from .demo import mlp_config
+
+    trained = train_members(mlp_config(splits), splits.batches("train", batch_size=recipe.batch_size), recipe,
+                            members=5, progress=progress)
+    row: dict[str, Any] = {"name": "ensemble of 5 MLPs"}
+    for split in ("val", "test"):
+        if len(splits[split]):
+            row[split] = evaluate(trained.ensemble.predict_proba(splits.inputs(split)), splits[split].labels)
+    return row

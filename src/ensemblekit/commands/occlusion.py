@@ -17,7 +17,7 @@ from ..occlusion import (
 )
 from ..train import Recipe, fit
 from .common import (
-    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, finish,
+    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, err_console, finish,
     load_from_args, model_config_from_args, model_row, recipe_from_args,
 )
 
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         row["augmentation"] = repr(transform) if transform is not None else "none"  # in --json
         row["seconds"] = history.seconds
         rows.append(row)
+        if not args.quiet:
+            err_console.print(f"{name}: trained in {history.seconds:.0f} s, test accuracy {100 * row['test']['accuracy']:.2f}%")
 
     robustness = occlusion_robustness(models, test_inputs, test_labels, sides, seed=args.occlusion_seed)
     side_metrics = tuple(f"{s}px accuracy" for s in sides if s)
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     plots = Path(args.plots)
     written = {"robustness": plot_robustness(
         robustness, plots / "robustness.png",
-        title=f"{args.model} on {splits.name}: random {height}x{width}-image occluders (seed {args.occlusion_seed})")}
+        title=f"{args.model} on {splits.name} ({height}x{width}): one random grey square per test image")}
     if args.sensitivity_images:
         picks = first_of_each_class(test_labels, args.sensitivity_images)
         patch = max(1, scaled_sides(height, width, (8,))[0])

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from .. import omniglot
-from ..data import DataError, channel_stats, normalize
+from ..data import DataError, channel_stats, normalize, search_dirs
 from ..siamese import (
     HEADS, Distortion, PairBatches, PairModel, SiameseEncoder, balanced_pairs, best_threshold, embed,
     load_pair_model, one_shot_accuracy, pair_loss, pixel_similarity, sample_nway_tasks, save_pair_model,
-    split_classes, verification_metrics,
+    split_classes, task_similarity, verification_metrics,
 )
 from ..train import Recipe, fit
 from .common import add_output_arguments, add_recipe_arguments, console, err_console, finish, recipe_from_args
@@ -29,8 +29,9 @@ from .common import add_output_arguments, add_recipe_arguments, console, err_con
 NAME = "siamese"
 HELP = "Siamese network: verification and N-way one-shot accuracy on unseen classes (Omniglot or folder:PATH)"
 
+# the Omniglot must-show setting: ~13 min of training on a shared 2-core CPU (docs/siamese.md)
 DEFAULT_RECIPE = Recipe(
-    epochs=12, batch_size=128, optimizer="adamw", lr=0.003, weight_decay=1e-4, schedule="cosine",
+    epochs=13, batch_size=128, optimizer="adamw", lr=0.003, weight_decay=1e-4, schedule="cosine",
     warmup_epochs=0.5, seed=0,
 )
 
@@ -107,8 +108,6 @@ def _omniglot(args: argparse.Namespace) -> PairData:
     if folder is None and args.download:
         folder = omniglot.download(needed, progress=err_console.print)
     if folder is None:
-        from ..data import search_dirs
-
         looked = ", ".join(str(d) for d in search_dirs("omniglot", args.data_dir))
         raise DataError(f"Omniglot zips {', '.join(needed)} not found (looked in {looked}); pass --data-dir or --download")
     bg = omniglot.read_background([folder / z for z in background], args.image_size)
@@ -135,12 +134,15 @@ def _folder(args: argparse.Namespace, path: str) -> PairData:
 
 
 def run(args: argparse.Namespace) -> int:
+    manifest: dict[str, Any] = {}
+    if args.load:
+        model, manifest = load_pair_model(args.load)
+        args.seed = manifest.get("recipe", {}).get("seed", args.seed)  # the class split of the saved model
     recipe = recipe_from_args(args)
     data = load_pair_data(args)
     err_console.print(f"[dim]{data.name}: {data.describe()}[/dim]")
     train_images = data.images[torch.isin(data.labels, data.train_classes)]
     if args.load:
-        model, manifest = load_pair_model(args.load)
         mean, std = torch.tensor(manifest["mean"]), torch.tensor(manifest["std"])
         if list(manifest["encoder"]["in_shape"]) != list(data.images.shape[1:]):
             raise ValueError(
@@ -181,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_pairs(model: PairModel, data: PairData, recipe: Recipe, mean, std, args) -> dict[str, Any]:
-    """Train through `train.fit` on balanced pairs of the training classes; validate each epoch
-    with 20-way (or fewer) one-shot tasks on the validation classes."""
+    """Train through `train.fit` on pairs of the training classes (``--pairs``); validate each
+    epoch with 200 fixed 20-way (or fewer) one-shot tasks on the validation classes."""
     pairs = PairBatches(
         data.images, data.labels, classes=data.train_classes, pairs_per_epoch=args.pairs_per_epoch,
         batch_size=recipe.batch_size, mean=mean, std=std,
@@ -261,8 +263,6 @@ def evaluate_pairs(model: PairModel, data: PairData, mean, std, args) -> tuple[l
                     row[split][f"{n_way}way_accuracy"] = _nway(scorer, z, tasks)
     if data.runs is not None:
         runs = data.runs
-        from ..siamese import task_similarity
-
         sim = task_similarity(model, normalize(runs.support, mean, std), normalize(runs.queries, mean, std))
         rows[0]["test"]["official_20way_accuracy"] = one_shot_accuracy(sim, runs.answers)
         rows[1]["test"]["official_20way_accuracy"] = one_shot_accuracy(
