@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from ensemblekit.metrics import equal_error_rate
 from ensemblekit.siamese import (
     Distortion, PairBatches, PairModel, SiameseEncoder, balanced_pairs, best_threshold, contrastive_loss,
-    koch_loss, load_pair_model, one_shot_accuracy, pair_loss, pixel_similarity, random_affine,
+    koch_loss, load_pair_model, npair_loss, one_shot_accuracy, pair_loss, pixel_similarity, random_affine,
+    rotated_classes,
     sample_nway_tasks, save_pair_model, split_classes, task_similarity, triplet_loss, verification_metrics,
 )
 from ensemblekit.train import Recipe, fit
@@ -54,6 +55,50 @@ def test_balanced_contrastive_loss_weighs_same_and_different_pairs_equally():
 def test_contrastive_loss_rejects_bad_margin():
     with pytest.raises(ValueError, match="margin"):
         contrastive_loss(torch.ones(2), torch.ones(2), margin=0.0)
+
+
+def test_npair_loss_is_cross_entropy_of_cosine_over_temperature_both_ways():
+    z1 = F.normalize(torch.randn(4, 6, generator=torch.Generator().manual_seed(0)), dim=1)
+    z2 = F.normalize(torch.randn(4, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    distance = torch.cdist(z1, z2)
+    tau = 0.2
+    logits = z1 @ z2.T / tau  # each x1[i]'s partner is x2[i]
+    target = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert npair_loss(distance, torch.eye(4), tau).item() == pytest.approx(expected.item(), abs=1e-5)
+    # repeated classes: the target mass is spread over the row's positives
+    same = torch.tensor([[1.0, 1.0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    row0 = -0.5 * (logits[0].log_softmax(0)[0] + logits[0].log_softmax(0)[1])
+    rows = torch.stack([row0, -0.5 * logits[1].log_softmax(0)[:2].sum()] + [-logits[i].log_softmax(0)[i] for i in (2, 3)])
+    cols = torch.stack([-0.5 * logits[:, j].log_softmax(0)[:2].sum() for j in (0, 1)] + [-logits[:, j].log_softmax(0)[j] for j in (2, 3)])
+    assert npair_loss(distance, same, tau).item() == pytest.approx(0.5 * (rows.mean() + cols.mean()).item(), abs=1e-5)
+
+
+def test_npair_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="temperature"):
+        npair_loss(torch.ones(2, 2), torch.eye(2), 0.0)
+    with pytest.raises(ValueError, match="all-pairs"):
+        npair_loss(torch.ones(4), torch.ones(4))
+    with pytest.raises(ValueError, match="loss"):
+        pair_loss("contrastive", loss="hinge")
+    with pytest.raises(ValueError, match="koch"):
+        pair_loss("koch", loss="npair")
+
+
+def test_rotated_classes_are_new_classes_of_turned_images():
+    images = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 1, 4, 4)
+    labels = torch.tensor([0, 1, 2])
+    out, out_labels, out_classes = rotated_classes(images, labels, torch.tensor([0, 2]), rotations=4)
+    assert out.shape == (3 + 3 * 2, 1, 4, 4)
+    torch.testing.assert_close(out[:3], images)  # the originals first, all of them (validation too)
+    assert out_labels.tolist() == [0, 1, 2, 3, 5, 6, 8, 9, 11]
+    assert sorted(out_classes.tolist()) == [0, 2, 3, 5, 6, 8, 9, 11]
+    for k, turn in enumerate((1, 2, 3)):  # copy k of image 2 is image 2 turned k + 1 quarter turns
+        torch.testing.assert_close(out[out_labels == 2 + 3 * (k + 1)][0, 0], torch.rot90(images[2, 0], turn))
+    _, halves, _ = rotated_classes(images, labels, labels, rotations=2)
+    assert halves.tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="rotations"):
+        rotated_classes(images, labels, labels, rotations=3)
 
 
 def test_koch_loss_is_binary_cross_entropy_of_the_sigmoid():
@@ -359,13 +404,21 @@ def test_cli_on_an_image_folder(tmp_path):
     assert code == 0
     payload = json.loads(out.read_text())
     names = [r["name"] for r in payload["rows"]]
-    assert names == ["siamese (contrastive)", "pixel nearest neighbour"]
+    assert names == ["siamese (contrastive, npair loss)", "pixel nearest neighbour"]  # the defaults
     assert {"auc", "eer", "verify_accuracy", "2way_accuracy"} <= set(payload["rows"][0]["test"])
     assert (tmp_path / "figs" / "roc.png").stat().st_size > 0 and (tmp_path / "figs" / "embeddings.png").exists()
     # the saved model evaluates again without training
     code = main(["siamese", "--dataset", f"folder:{tmp_path / 'data'}", "--image-size", "12", "--ways", "2",
                  "--tasks", "20", "--load", str(tmp_path / "model"), "--out", str(tmp_path / "figs2"), "--quiet"])
     assert code == 0
+
+
+def test_cli_rejects_npair_loss_without_all_pairs(tmp_path, capsys):
+    from ensemblekit.cli import main
+
+    code = main(["siamese", "--dataset", f"folder:{tmp_path}", "--pairs", "balanced", "--quiet"])
+    assert code == 2
+    assert "--loss npair needs --pairs all" in capsys.readouterr().err
 
 
 def test_cli_reports_missing_omniglot_in_one_line(tmp_path, monkeypatch, capsys):

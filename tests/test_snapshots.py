@@ -135,3 +135,36 @@ def test_cli_train_with_snapshots_and_ema(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["mlp (last iterate)", "snapshot ensemble (2 snapshots)", "EMA 0.9"]
     assert (tmp_path / "lr_schedule.png").exists() and (tmp_path / "averaged_history.png").exists()
+
+
+def test_cli_averaging_end_to_end(tmp_path):
+    import json
+
+    out = tmp_path / "avg.json"
+    code = main(["averaging", "--epochs", "4", "--snapshots", "2", "--swa-start", "2", "--hidden", "32", "--lrs", "0.05", "0.1",
+                 "--seeds", "0", "1", "--quiet", "--plot-dir", str(tmp_path), "--json", str(out)])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert list(rows) == ["single", "ema", "swa", "snapshots", "last snapshot"]
+    assert rows["ema"]["lr"] == rows["single"]["lr"] and rows["last snapshot"]["lr"] == rows["snapshots"]["lr"]
+    for r in rows.values():
+        assert r["lr"] in (0.05, 0.1) and r["seeds"] == 2 and len(r["per_seed_test"]) == 2
+        assert 0.0 <= r["test"]["accuracy"] <= 1.0 and "accuracy" in r["test_std"]
+    # the selection really is the best validation accuracy of the search
+    single = [s for s in payload["search"] if s["method"] == "single"]
+    assert rows["single"]["lr"] == max(single, key=lambda s: (s["val"]["accuracy"], -s["val"]["nll"]))["lr"]
+    for png in ("lr_schedule.png", "snapshot_history.png", "ema_history.png", "swa_history.png"):
+        assert (tmp_path / png).exists(), png
+
+
+def test_demo_rows():
+    from ensemblekit.commands.averaging import ema_demo_row, snapshot_demo_row
+    from ensemblekit.commands.demo import DEMO_RECIPE
+    from ensemblekit.data import load
+
+    splits = load("digits")
+    recipe = DEMO_RECIPE.replace(epochs=5)
+    for make_row, name in ((snapshot_demo_row, "snapshot ensemble (5)"), (ema_demo_row, "EMA 0.99 of single MLP")):
+        row = make_row(splits, recipe, False)
+        assert row["name"] == name and 0.5 < row["test"]["accuracy"] <= 1.0

@@ -43,7 +43,10 @@ from .data import DataError, normalize, resolve_device
 
 __all__ = [
     "HEADS",
+    "LOSSES",
     "contrastive_loss",
+    "npair_loss",
+    "rotated_classes",
     "koch_loss",
     "triplet_loss",
     "pair_loss",
@@ -68,6 +71,7 @@ __all__ = [
 ]
 
 HEADS = ("contrastive", "koch")
+LOSSES = ("contrastive", "npair")
 DISTANCE_EPS = 1e-9  # inside the square root, so D = 0 (identical inputs) still has a gradient
 
 
@@ -117,8 +121,41 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: flo
     return (d_pos - d_neg + margin).clamp_min(0).mean()
 
 
-def pair_loss(head: str, margin: float = 1.0, *, balance: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss that trains ``head``: ``loss_fn(outputs, same)`` as `train.fit` calls it."""
+def npair_loss(distance: Tensor, same: Tensor, temperature: float = 0.1) -> Tensor:
+    """Multi-class N-pair loss (Sohn 2016) on an all-pairs distance matrix of unit-length embeddings.
+
+    ``distance`` (B, B) holds D_ij = |z1_i - z2_j| and ``same`` (B, B) marks same-class pairs.
+    On the unit sphere D^2 = 2 - 2 cos, so the logit -D^2 / (2 * temperature) is the cosine
+    similarity over the temperature (up to a constant per row, which softmax ignores). Each x1[i]
+    must pick its partners among all x2[j] (and each x2[j] among all x1[i]): cross-entropy against
+    ``same`` spread evenly over the row's positives, averaged over both directions. Every
+    different pair in the batch pushes, weighted by how close it is.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}: must be positive")
+    if distance.ndim != 2 or distance.shape != same.shape:
+        raise ValueError(f"npair loss needs the (B, B) all-pairs matrix, got distance {tuple(distance.shape)}, same {tuple(same.shape)}")
+    logits = -distance.pow(2) / (2 * temperature)  # (B, B)
+    same = same.to(logits.dtype)
+    rows = -(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1)
+    cols = -(same / same.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0)
+    return 0.5 * (rows.mean() + cols.mean())
+
+
+def pair_loss(
+    head: str, margin: float = 1.0, *, balance: bool = False, loss: str = "contrastive", temperature: float = 0.1
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss that trains ``head``: ``loss_fn(outputs, same)`` as `train.fit` calls it.
+
+    The contrastive head's distances train with ``loss="contrastive"`` (Hadsell et al.) or, on
+    all-pairs batches, ``loss="npair"`` (`npair_loss`).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
+    if loss == "npair":
+        if head != "contrastive":
+            raise ValueError(f"loss='npair' works on the contrastive head's distances, not head={head!r}")
+        return lambda distance, same: npair_loss(distance, same, temperature)
     if head == "contrastive":
         return lambda distance, same: contrastive_loss(distance, same, margin, balance=balance)
     if head == "koch":
@@ -300,6 +337,27 @@ def split_classes(
         start -= size
         parts.append(perm[start : start + size].sort().values)
     return parts
+
+
+def rotated_classes(images: Tensor, labels: Tensor, classes: Tensor, rotations: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """Add each class turned by 90, 180, 270 degrees as a class of its own (``rotations`` = 2 or 4).
+
+    A character turned on its side is a new character (Vinyals et al. 2016, Snell et al. 2017
+    train on Omniglot this way); unlike a small affine distortion it is never the same class.
+    Returns (images, labels, classes) of the original images followed by the turned copies of
+    those in ``classes``; copy r of class k gets label ``k + r * num_labels``.
+    """
+    if rotations not in (1, 2, 4):
+        raise ValueError(f"rotations={rotations}: give 1 (none), 2 (0 and 180 degrees) or 4 (every 90 degrees)")
+    offset = int(labels.max()) + 1
+    keep = torch.isin(labels, classes)
+    turns = (2,) if rotations == 2 else tuple(range(1, rotations))
+    all_images, all_labels, all_classes = [images], [labels], [classes]
+    for k, turn in enumerate(turns, start=1):
+        all_images.append(torch.rot90(images[keep], turn, dims=(-2, -1)))
+        all_labels.append(labels[keep] + k * offset)
+        all_classes.append(classes + k * offset)
+    return torch.cat(all_images), torch.cat(all_labels), torch.cat(all_classes)
 
 
 class _ClassIndex:

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all three")
     group.add_argument("--cutout-size", type=int, default=None, help="hole side in px (default 12 on 28x28, scaled to the image)")
     group.add_argument("--cutout-holes", type=int, default=1, help="holes per image (default 1)")
-    group.add_argument("--cutout-p", type=float, default=0.5, help="probability an image is cut (default 0.5)")
+    group.add_argument("--cutout-p", type=float, default=0.3, help="probability an image is cut (default 0.3)")
     group.add_argument("--erasing-p", type=float, default=0.5, help="probability an image is erased (default 0.5, as the paper)")
     group.add_argument("--erasing-scale", type=float, nargs=2, default=(0.02, 0.4), metavar=("LOW", "HIGH"), help="area fraction range (default 0.02 0.4)")
     group.add_argument("--erasing-ratio", type=float, nargs=2, default=(0.3, 3.3), metavar=("LOW", "HIGH"), help="aspect ratio range (default 0.3 3.3)")

@@ -19,9 +19,9 @@ import torch
 from .. import omniglot
 from ..data import DataError, channel_stats, normalize, search_dirs
 from ..siamese import (
-    HEADS, Distortion, PairBatches, PairModel, SiameseEncoder, balanced_pairs, best_threshold, embed,
-    load_pair_model, one_shot_accuracy, pair_loss, pixel_similarity, sample_nway_tasks, save_pair_model,
-    split_classes, task_similarity, verification_metrics,
+    HEADS, LOSSES, Distortion, PairBatches, PairModel, SiameseEncoder, balanced_pairs, best_threshold, embed,
+    load_pair_model, one_shot_accuracy, pair_loss, pixel_similarity, rotated_classes, sample_nway_tasks,
+    save_pair_model, split_classes, task_similarity, verification_metrics,
 )
 from ..train import Recipe, fit
 from .common import add_output_arguments, add_recipe_arguments, console, err_console, finish, recipe_from_args
@@ -51,7 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--head", choices=HEADS, default="contrastive", help="contrastive (Hadsell et al. 2006) or koch (L1 + sigmoid, BCE); default contrastive")
     group.add_argument("--widths", type=int, nargs="+", default=[32, 32, 32, 32], help="conv block widths of the encoder (default 32 32 32 32)")
     group.add_argument("--embedding-dim", type=int, default=128, help="default 128")
+    group.add_argument("--loss", choices=LOSSES, default="npair",
+                       help="contrastive: Hadsell et al.'s margin loss on every pair; npair: each image must pick its partner among "
+                            "all images of the all-pairs batch, softmax of cosine / temperature (Sohn 2016; needs --pairs all). Default npair")
     group.add_argument("--margin", type=float, default=1.0, help="contrastive margin m (default 1.0, on unit-length embeddings)")
+    group.add_argument("--temperature", type=float, default=0.1, help="npair: temperature of the cosine similarities (default 0.1)")
+    group.add_argument("--rotations", type=int, choices=(1, 2, 4), default=4,
+                       help="training classes turned by 90/180/270 degrees count as new classes (4: x4 classes; 1: off). Default 4")
     group.add_argument("--no-normalize", action="store_true", help="do not scale embeddings to unit length")
     group.add_argument("--pairs", choices=("all", "balanced"), default="all",
                        help="all: each batch of B same-class pairs (B classes) is scored as all B x B pairs, the loss balanced "
@@ -135,6 +141,11 @@ def _folder(args: argparse.Namespace, path: str) -> PairData:
 
 def run(args: argparse.Namespace) -> int:
     manifest: dict[str, Any] = {}
+    if args.loss == "npair" and not args.load and (args.pairs != "all" or args.head != "contrastive"):
+        raise ValueError(
+            f"--loss npair needs --pairs all and --head contrastive (got --pairs {args.pairs}, --head {args.head}); "
+            "or pass --loss contrastive"
+        )
     if args.load:
         model, manifest = load_pair_model(args.load)
         args.seed = manifest.get("recipe", {}).get("seed", args.seed)  # the class split of the saved model
@@ -165,9 +176,11 @@ def run(args: argparse.Namespace) -> int:
         train_info = train_pairs(model, data, recipe, mean, std, args)
         if args.save:
             save_pair_model(model, args.save, mean=mean, std=std, image_size=args.image_size, dataset=data.name,
-                            recipe=recipe.to_dict(), train_classes=data.train_classes, val_classes=data.val_classes)
+                            recipe=recipe.to_dict(), train_classes=data.train_classes, val_classes=data.val_classes,
+                            loss=args.loss, temperature=args.temperature, margin=args.margin, rotations=args.rotations)
             err_console.print(f"saved the model to {args.save}")
-    rows, figures = evaluate_pairs(model, data, mean, std, args)
+    loss = manifest.get("loss", "contrastive") if args.load else args.loss
+    rows, figures = evaluate_pairs(model, data, mean, std, args, name=f"siamese ({model.head}, {loss} loss)")
     rows[0].update({k: v for k, v in train_info.items() if k != "history"})
     out = Path(args.out)
     written = [str(_roc_figure(figures["roc"], out / "roc.png")), str(_pca_figure(figures["pca"], out / "embeddings.png"))]
@@ -175,9 +188,9 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # rich wraps at 80 columns off a terminal; this table is wider
         console.width = max(console.width, 170)
     return finish(
-        args, rows, title=f"Siamese ({args.head}) on {data.name}: held-out classes",
+        args, rows, title=f"Siamese ({model.head}, {loss} loss) on {data.name}: held-out classes",
         metrics=_metric_columns(rows), extra_columns=("train_s", "train_cpu_s"), notes=notes,
-        dataset=data.describe(), recipe=recipe.to_dict(), model=model.encoder.config, head=args.head,
+        dataset=data.describe(), recipe=recipe.to_dict(), model=model.encoder.config, head=model.head, loss=loss,
         history=train_info.get("history"), figures=written,
     )
 
@@ -185,8 +198,11 @@ def run(args: argparse.Namespace) -> int:
 def train_pairs(model: PairModel, data: PairData, recipe: Recipe, mean, std, args) -> dict[str, Any]:
     """Train through `train.fit` on pairs of the training classes (``--pairs``); validate each
     epoch with 200 fixed 20-way (or fewer) one-shot tasks on the validation classes."""
+    images, labels, classes = data.images, data.labels, data.train_classes
+    if args.rotations > 1:  # turned training characters as extra classes; validation stays unturned
+        images, labels, classes = rotated_classes(images, labels, classes, args.rotations)
     pairs = PairBatches(
-        data.images, data.labels, classes=data.train_classes, pairs_per_epoch=args.pairs_per_epoch,
+        images, labels, classes=classes, pairs_per_epoch=args.pairs_per_epoch,
         batch_size=recipe.batch_size, mean=mean, std=std,
         distortion=None if args.no_distort else Distortion(), seed=recipe.seed, all_pairs=model.all_pairs,
     )
@@ -199,8 +215,9 @@ def train_pairs(model: PairModel, data: PairData, recipe: Recipe, mean, std, arg
         return {f"{n_way}way_accuracy": _nway(m, embed(m.encoder, val_x), val_tasks)}
 
     cpu_start = time.process_time()
-    history = fit(model, pairs, recipe, loss_fn=pair_loss(args.head, args.margin, balance=model.all_pairs), validate=validate,
-                  hooks=[_EpochLine(n_way)], progress=not args.quiet and None, description=f"siamese ({args.head}) on {data.name}")
+    loss_fn = pair_loss(args.head, args.margin, balance=model.all_pairs, loss=args.loss, temperature=args.temperature)
+    history = fit(model, pairs, recipe, loss_fn=loss_fn, validate=validate,
+                  hooks=[_EpochLine(n_way)], progress=not args.quiet and None, description=f"siamese ({args.head}, {args.loss} loss) on {data.name}")
     cpu = time.process_time() - cpu_start  # includes the per-epoch validation, a few % of the total
     return {"train_s": history.seconds, "train_cpu_s": cpu, "history": history.to_dict()}
 
@@ -230,7 +247,9 @@ def _nway(model: PairModel | None, z: torch.Tensor, tasks) -> float:
     return one_shot_accuracy(sim, answers)
 
 
-def evaluate_pairs(model: PairModel, data: PairData, mean, std, args) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_pairs(
+    model: PairModel, data: PairData, mean, std, args, name: str = "siamese"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for the Siamese model and the pixel baseline: verification and N-way one-shot on the
     validation and test classes, and the official runs when there are any."""
     is_val = torch.isin(data.labels, data.val_classes)
@@ -238,7 +257,7 @@ def evaluate_pairs(model: PairModel, data: PairData, mean, std, args) -> tuple[l
         "val": (data.images[is_val], data.labels[is_val]),
         "test": (data.test_images, data.test_labels),
     }
-    rows = [{"name": f"siamese ({model.head})", "val": {}, "test": {}}, {"name": "pixel nearest neighbour", "val": {}, "test": {}}]
+    rows = [{"name": name, "val": {}, "test": {}}, {"name": "pixel nearest neighbour", "val": {}, "test": {}}]
     roc: dict[str, Any] = {}
     thresholds: list[float] = [0.0, 0.0]
     for split, (images, labels) in parts.items():
