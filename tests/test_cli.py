@@ -35,7 +35,7 @@ def _check_rows(payload: dict) -> None:
 
 def test_demo_writes_the_documented_json(tmp_path, capsys, monkeypatch):
     # only the foundation's row, shortened: the shape is under test here, accuracy in test_train
-    monkeypatch.setattr(demo, "ROWS", [demo.single_row])
+    monkeypatch.setattr(demo, "demo_rows", lambda: [demo.single_row])
     monkeypatch.setattr(demo, "DEMO_RECIPE", demo.DEMO_RECIPE.replace(epochs=2))
     out_file = tmp_path / "out" / "demo.json"
     code, out, err = _run(capsys, "demo", "--quiet", "--json", str(out_file))

@@ -32,24 +32,17 @@ def single_row(splits: Splits, recipe: Recipe, progress: bool | None) -> dict[st
     return model_row("single MLP", model, splits)
 
 
-# Each entry adds one row to the demo table: (splits, recipe, progress) -> row.
-ROWS: list[Callable[[Splits, Recipe, bool | None], dict[str, Any]]] = [single_row]
+def demo_rows() -> list[Callable[[Splits, Recipe, bool | None], dict[str, Any]]]:
+    """The demo table, one function per row: (splits, recipe, progress) -> row.
 
-from .occlusion import demo_row as cutout_row  # noqa: E402  (imports demo: after mlp_config)
+    Imported here, not at module level, because each command's row builds on `mlp_config` above.
+    """
+    from .averaging import ema_demo_row, snapshot_demo_row
+    from .dropout import demo_row as mc_dropout_row
+    from .ensemble import demo_row as ensemble_row
+    from .occlusion import demo_row as cutout_row
 
-ROWS.append(cutout_row)
-
-from .dropout import demo_row as mc_dropout_row  # noqa: E402
-
-ROWS.append(mc_dropout_row)
-
-from .averaging import ema_demo_row, snapshot_demo_row  # noqa: E402
-
-ROWS += [snapshot_demo_row, ema_demo_row]
-
-from .ensemble import demo_row as ensemble_demo_row  # noqa: E402
-
-ROWS.append(ensemble_demo_row)
+    return [single_row, ensemble_row, snapshot_demo_row, ema_demo_row, mc_dropout_row, cutout_row]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = DEMO_RECIPE.replace(seed=args.seed)
     progress = False if args.quiet else None
     rows = []
-    for make_row in ROWS:
+    for make_row in demo_rows():
         started = time.perf_counter()
         row = make_row(splits, recipe, progress)
         row["seconds"] = time.perf_counter() - started

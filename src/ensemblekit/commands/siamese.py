@@ -29,9 +29,9 @@ from .common import add_output_arguments, add_recipe_arguments, console, err_con
 NAME = "siamese"
 HELP = "Siamese network: verification and N-way one-shot accuracy on unseen classes (Omniglot or folder:PATH)"
 
-# the Omniglot must-show setting: ~13 min of training on a shared 2-core CPU (docs/siamese.md)
+# the Omniglot must-show setting: under 15 min of training on a 2-core CPU (docs/siamese.md)
 DEFAULT_RECIPE = Recipe(
-    epochs=13, batch_size=128, optimizer="adamw", lr=0.003, weight_decay=1e-4, schedule="cosine",
+    epochs=28, batch_size=128, optimizer="adamw", lr=0.003, weight_decay=1e-4, schedule="cosine",
     warmup_epochs=0.5, seed=0,
 )
 
@@ -43,13 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--background", choices=("small", "full"), default="small",
                        help="Omniglot training set: the two small background zips (242 characters) or images_background.zip (964)")
     group.add_argument("--download", action="store_true", help="Omniglot: download the missing zips into the cache first")
-    group.add_argument("--image-size", type=int, default=28, help="images are resized to SIZE x SIZE (Omniglot: 105 -> SIZE; default 28)")
+    group.add_argument("--image-size", type=int, default=35, help="images are resized to SIZE x SIZE (Omniglot: 105 -> SIZE; default 35)")
     group.add_argument("--image-channels", type=int, choices=(1, 3), default=None, help="folder: 1 (grey) or 3 (RGB); default from the images")
     group.add_argument("--val-classes", type=float, default=0.15, help="share of training classes held out for validation (default 0.15)")
     group.add_argument("--test-classes", type=float, default=0.15, help="folder: share of classes held out for the test (default 0.15)")
     group = parser.add_argument_group("Siamese model")
     group.add_argument("--head", choices=HEADS, default="contrastive", help="contrastive (Hadsell et al. 2006) or koch (L1 + sigmoid, BCE); default contrastive")
-    group.add_argument("--widths", type=int, nargs="+", default=[32, 32, 32, 32], help="conv block widths of the encoder (default 32 32 32 32)")
+    group.add_argument("--widths", type=int, nargs="+", default=[64, 64, 64, 64], help="conv block widths of the encoder (default 64 64 64 64)")
     group.add_argument("--embedding-dim", type=int, default=128, help="default 128")
     group.add_argument("--loss", choices=LOSSES, default="npair",
                        help="contrastive: Hadsell et al.'s margin loss on every pair; npair: each image must pick its partner among "
