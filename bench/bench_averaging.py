@@ -19,10 +19,6 @@ the speed-up ratio (AveragedModel time / EMA time; target >= 2x) and the EMA ove
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,26 +26,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ensemblekit.averaging import EMA
 from ensemblekit.models import MLP, SmallCNN
+from evidence import CLOCKS as ALL_CLOCKS, header, median_seconds
 
 
-CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
-
-
-def median_seconds(fn, runs: int, repeat: int, clock=time.thread_time) -> float:
-    """Median over ``runs`` of the mean time of ``repeat`` calls (after a warm-up run).
-
-    The default clock is this thread's CPU time: with one torch thread all the work runs on it,
-    and on a shared machine it leaves out the time the scheduler gives to other processes.
-    """
-    for _ in range(repeat):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = clock()
-        for _ in range(repeat):
-            fn()
-        times.append((clock() - start) / repeat)
-    return statistics.median(times)
+# cpu: this thread's CPU time. With one torch thread all the work runs on it, and on a shared
+# machine it leaves out the time the scheduler gives to other processes.
+CLOCKS = {"cpu": ALL_CLOCKS["thread-cpu"], "wall": ALL_CLOCKS["wall"]}
 
 
 def training_step(model: torch.nn.Module, batch: int, shape: tuple[int, ...]):
@@ -86,21 +68,22 @@ def main() -> None:
         "deep CNN": (SmallCNN((1, 28, 28), 10, channels=(8, 16, 16, 32), hidden=64, convs_per_block=9), (1, 28, 28)),
         "MLP 512-512": (MLP((1, 28, 28), 10), (1, 28, 28)),
     }
-    print("# bench_averaging: EMA update vs torch AveragedModel.update_parameters")
-    print(f"# machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-          f"python {platform.python_version()}; torch {torch.__version__}; threads {args.threads}")
-    print(f"# timing: median of {args.runs} runs, each the mean of {args.updates} updates ({args.steps} training steps); "
-          f"batch {args.batch_size}; device cpu; clock {args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})")
+    print(header(
+        "bench_averaging: EMA update vs torch AveragedModel.update_parameters",
+        args.runs,
+        "thread CPU time" if args.clock == "cpu" else "wall time",
+        [f"each run the mean of {args.updates} updates ({args.steps} training steps); batch {args.batch_size}; device cpu"],
+    ))
     for name, (model, shape) in cases.items():
         n_params = len(list(model.parameters()))
         n_buffers = len(list(model.buffers()))
-        step_s = median_seconds(training_step(model, args.batch_size, shape), args.runs, args.steps, clock)
+        step_s = median_seconds(training_step(model, args.batch_size, shape), args.runs, clock=clock, repeat=args.steps)
         for policy, use_buffers in (("copy", False), ("average", True)):
             ours = EMA(model, 0.999, buffers=policy)
             reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=use_buffers)
             reference.update_parameters(model)  # the first call only copies
-            ours_s = median_seconds(lambda: ours.update(model), args.runs, args.updates, clock)
-            ref_s = median_seconds(lambda: reference.update_parameters(model), args.runs, args.updates, clock)
+            ours_s = median_seconds(lambda: ours.update(model), args.runs, clock=clock, repeat=args.updates)
+            ref_s = median_seconds(lambda: reference.update_parameters(model), args.runs, clock=clock, repeat=args.updates)
             print(
                 f"{name:12s} ({n_params} params, {n_buffers} buffers) buffers={policy:7s}: "
                 f"EMA {1e6 * ours_s:8.1f} us  AveragedModel {1e6 * ref_s:8.1f} us  ratio {ref_s / ours_s:5.2f}x "

@@ -38,9 +38,9 @@ ratio >= 0.8 are unverified.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
-import os
-import platform
 import statistics
 import time
 from typing import Any
@@ -52,6 +52,7 @@ from ensemblekit import Recipe, load
 from ensemblekit.ensemble import Ensemble, train_members
 from ensemblekit.metrics import accuracy
 from ensemblekit.models import MLP
+from evidence import header, median_seconds
 
 CASES = {
     "a": dict(dataset="digits", hidden=[128], members=5, epochs=20, batch_size=64),
@@ -71,13 +72,7 @@ def train_flops(in_features: int, hidden: list[int], classes: int, samples: int)
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), repeats, warmup=1) / 1e9
 
 
 def run_ensemblekit(splits: Any, case: dict, vectorize: str, seed: int) -> tuple[float, float]:
@@ -119,12 +114,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.WARNING)
-    import contextlib
-    import io
 
-    print(f"# bench_ensemble: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}, {args.runs} runs, median")
+    print(header("bench_ensemble: 5-member MLP ensemble training vs torchensemble VotingClassifier",
+                 args.runs, "wall time", ["device cpu; each run trains wide, one-by-one, torchensemble in turn"]))
     for name in (["a", "b"] if args.case == "all" else [args.case]):
         case = CASES[name]
         splits = load(case["dataset"])

@@ -15,8 +15,6 @@ the small per-batch ops (an epoch of Batches then takes seconds); `--threads 1` 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -24,17 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ensemblekit import data
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from evidence import header
 
 
 def one_epoch(iterable) -> tuple[float, int]:
@@ -77,13 +65,14 @@ def main() -> None:
         theirs.append(seconds)
 
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    print("# bench_loader: one epoch of iteration, Fashion-MNIST train")
-    print(f"# machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"# torch {torch.__version__}, python {platform.python_version()}")
-    print(f"# data: {args.dataset} train, {len(train)} images {tuple(train.images.shape[1:])}, "
-          f"batch {args.batch_size}, {len(batches)} batches, device {batches.device}")
-    print(f"# runs: {args.runs} timed epochs per loader after one warm-up, median reported")
+    print(header(
+        f"bench_loader: one epoch of iteration, {args.dataset} train",
+        args.runs,
+        "wall time",
+        [f"data: {args.dataset} train, {len(train)} images {tuple(train.images.shape[1:])}, "
+         f"batch {args.batch_size}, {len(batches)} batches, device {batches.device}",
+         "one warm-up epoch per loader, then the two loaders alternate (shared load hits both alike)"],
+    ))
     print(f"ensemblekit Batches         median {ours_median * 1e3:9.1f} ms/epoch  "
           f"(min {min(ours) * 1e3:.1f}, max {max(ours) * 1e3:.1f})")
     print(f"DataLoader(TensorDataset)   median {theirs_median * 1e3:9.1f} ms/epoch  "

@@ -14,16 +14,13 @@ Target (issue 5): at least 3x faster at B = 32, no slower at B = 512.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
 
 import torch
 
 from ensemblekit.data import load
 from ensemblekit.mc_dropout import MCDropout, dropout_train_mode
 from ensemblekit.models import MLP
+from evidence import header, median_seconds
 
 
 @torch.no_grad()
@@ -35,17 +32,6 @@ def loop_of_passes(model: torch.nn.Module, x: torch.Tensor, samples: int) -> tor
     return total / samples
 
 
-def median_seconds(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -54,16 +40,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     args = parser.parse_args()
 
-    try:
-        load_avg = "%.1f %.1f %.1f" % os.getloadavg()
-    except OSError:
-        load_avg = "n/a"
-    print(
-        f"# machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-        f"load average {load_avg}\n# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n"
-        f"# MLP 784-512-512-10, inverted dropout 0.5, T={args.samples}, {args.dataset} test images; "
-        f"median of {args.runs} runs after 2 warm-up runs"
-    )
+    print(header(
+        "bench_mc_dropout: T MC-dropout samples stacked into the batch vs a loop of T passes",
+        args.runs,
+        "wall time",
+        [f"MLP 784-512-512-10, inverted dropout 0.5, T={args.samples}, {args.dataset} test images; "
+         "2 warm-up runs; device cpu"],
+    ))
     splits = load(args.dataset)
     x_all = splits.inputs("test")
     model = MLP(splits.image_shape, splits.num_classes, hidden=(512, 512), dropout=0.5)
@@ -73,8 +56,8 @@ def main() -> None:
         mc = MCDropout(model, args.samples)
         # same answer up to MC noise (sanity check, not the benchmark)
         gap = (mc.predict_proba(x) - loop_of_passes(model, x, args.samples)).abs().max().item()
-        t_loop = median_seconds(lambda: loop_of_passes(model, x, args.samples), args.runs)
-        t_batched = median_seconds(lambda: mc.predict_proba(x), args.runs)
+        t_loop = median_seconds(lambda: loop_of_passes(model, x, args.samples), args.runs, warmup=2)
+        t_batched = median_seconds(lambda: mc.predict_proba(x), args.runs, warmup=2)
         ratio = t_loop / t_batched
         target = 3.0 if b <= 32 else 1.0
         verdict = "ok" if ratio >= target else "MISSED"

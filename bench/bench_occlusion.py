@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
 
 from ensemblekit.occlusion import Cutout, RandomErasing
+from evidence import CLOCKS as ALL_CLOCKS, header, median_seconds
 
 
 # ----------------------------------------------------------------------------- the per-image peers
@@ -106,29 +104,13 @@ def per_image(transform):
 # ----------------------------------------------------------------------------- timing
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+# cpu: process CPU time, robust when other jobs share the cores
+CLOCKS = {"cpu": ALL_CLOCKS["process-cpu"], "wall": ALL_CLOCKS["wall"]}
 
 
-def median_seconds(fn, x, runs: int, clock=time.process_time) -> float:
-    for _ in range(3):
-        fn(x)  # warm-up
-    times = []
-    for _ in range(runs):
-        start = clock()
-        fn(x)
-        times.append(clock() - start)
-    return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+def median_per_batch(fn, x, runs: int, clock) -> float:
+    """Median time of ``fn(x)`` over ``runs`` runs after 3 warm-up runs."""
+    return median_seconds(lambda: fn(x), runs, warmup=3, clock=clock)
 
 
 def main() -> None:
@@ -144,12 +126,13 @@ def main() -> None:
     clock = CLOCKS[args.clock]
     torch.manual_seed(0)
     np.random.seed(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
-          f"load average {load:.1f} at start (shared machine: CPU time is the default clock)")
-    print(f"# {args.runs} timed runs per case after 3 warm-up runs; median {args.clock} time per batch")
-    print("# peer: a Python loop over the batch applying the per-image transform (torchvision / DeVries)")
+    print(header(
+        "bench_occlusion: batched cutout / random erasing vs a per-image loop",
+        args.runs,
+        "process CPU time (shared machine)" if args.clock == "cpu" else "wall time",
+        [f"{platform.system()} {platform.release()}; device cpu; 3 warm-up runs per case; time per batch",
+         "peer: a Python loop over the batch applying the per-image transform (torchvision / DeVries)"],
+    ))
     print()
     print(f"{'case':<58} {'per-image loop':>15} {'batched':>10} {'ratio':>7} {'in place':>10} {'ratio':>7}")
     ratios = []
@@ -165,9 +148,9 @@ def main() -> None:
              lambda **kw: RandomErasing(p=0.5, scale=(0.02, 0.33), fill="noise", **kw)),
         ]
         for name, loop, make in cases:
-            t_loop = median_seconds(loop, x, args.runs, clock)
-            t_copy = median_seconds(make(), x, args.runs, clock)
-            t_inplace = median_seconds(make(inplace=True), x.clone(), args.runs, clock)
+            t_loop = median_per_batch(loop, x, args.runs, clock)
+            t_copy = median_per_batch(make(), x, args.runs, clock)
+            t_inplace = median_per_batch(make(inplace=True), x.clone(), args.runs, clock)
             ratios.append(t_loop / t_inplace)
             label = f"{batch}x{'x'.join(map(str, shape))} {name}"
             print(f"{label:<58} {1e3 * t_loop:>12.2f} ms {1e3 * t_copy:>7.2f} ms {t_loop / t_copy:>6.1f}x "

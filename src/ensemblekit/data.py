@@ -592,36 +592,54 @@ def download(name: str, *, root: str | os.PathLike | None = None, progress: Call
     folder.mkdir(parents=True, exist_ok=True)
     for remote in meta.remote:
         target = folder / remote.name
-        if target.exists() and _md5(target) == remote.md5:
+        if target.exists() and file_digest(target, "md5") == remote.md5:
             continue
         if progress:
             progress(f"downloading {remote.url}")
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            got = _md5(Path(tmp))
-            if got != remote.md5:
-                raise DataError(f"{remote.url}: MD5 {got} does not match the expected {remote.md5}")
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise DataError(f"{remote.url}: download failed ({exc})") from exc
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        fetch(remote.url, target, check=lambda path, r=remote: check_digest(path, r.url, "md5", r.md5))
         if target.name.endswith(".tar.gz"):
             with tarfile.open(target) as archive:
                 archive.extractall(folder, filter="data")
     return folder / meta.archive_root if meta.archive_root else folder
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def fetch(url: str, target: Path, *, check: Callable[[Path], None]) -> Path:
+    """Download ``url`` (``file://`` works too) to ``target`` atomically.
+
+    The bytes land in a temporary file beside ``target``; ``check(path)`` (which raises
+    `DataError`) must accept it before it is renamed into place, so a failed or corrupt download
+    never leaves a file behind.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        except OSError as exc:
+            raise DataError(f"{url}: download failed ({exc})") from exc
+        check(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_digest(path: Path, url: str, algorithm: str, expected: str) -> None:
+    got = file_digest(path, algorithm)
+    if got != expected:
+        label = {"md5": "MD5", "sha256": "SHA-256"}.get(algorithm, algorithm)
+        raise DataError(f"{url}: {label} {got} does not match the expected {expected}")
 
 
 # Loaders for names with a prefix, such as "folder:PATH" (image folders), register here.

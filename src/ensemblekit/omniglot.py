@@ -21,12 +21,9 @@ checksum is known and a layout check always.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, cache_dir, search_dirs
+from .data import DataError, check_digest, cache_dir, fetch, file_digest, search_dirs
 
 __all__ = [
     "SMALL_BACKGROUND",
@@ -259,23 +256,14 @@ def download(
         url = base_url.rstrip("/") + "/" + name
         if progress:
             progress(f"downloading {url}")
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        try:
-            try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-            except OSError as exc:
-                raise DataError(f"{url}: download failed ({exc})") from exc
-            got = _sha256(Path(tmp))
-            if name in SHA256 and got != SHA256[name]:
-                raise DataError(f"{url}: SHA-256 {got} does not match the expected {SHA256[name]}")
-            _check_layout(Path(tmp), name)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        fetch(url, target, check=lambda path, n=name, u=url: _check_download(path, n, u))
     return folder
+
+
+def _check_download(path: Path, name: str, url: str) -> None:
+    if name in SHA256:
+        check_digest(path, url, "sha256", SHA256[name])
+    _check_layout(path, name)
 
 
 def _check_layout(path: Path, name: str) -> None:
@@ -289,7 +277,7 @@ def _check_layout(path: Path, name: str) -> None:
 
 def _valid(path: Path, name: str) -> bool:
     if name in SHA256:
-        return _sha256(path) == SHA256[name]
+        return file_digest(path, "sha256") == SHA256[name]
     try:
         _check_layout(path, name)
     except DataError:
@@ -297,9 +285,3 @@ def _valid(path: Path, name: str) -> bool:
     return True
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

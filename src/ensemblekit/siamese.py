@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DataError, normalize, resolve_device
+from .train import predict_logits
 
 __all__ = [
     "HEADS",
@@ -531,17 +532,9 @@ def balanced_pairs(labels: Tensor, max_pairs: int = 4000, seed: int = 0) -> tupl
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def embed(encoder: nn.Module, inputs: Tensor, *, batch_size: int = 512) -> Tensor:
     """Eval-mode embeddings (N, D) of normalised ``inputs`` (N, C, H, W), computed in chunks."""
-    device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        chunks = [encoder(inputs[k : k + batch_size].to(device)) for k in range(0, inputs.shape[0], batch_size)]
-    finally:
-        encoder.train(was_training)
-    return torch.cat(chunks)
+    return predict_logits(encoder, inputs, batch_size=batch_size)  # an encoder's outputs are its embeddings
 
 
 @torch.no_grad()
