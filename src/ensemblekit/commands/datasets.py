@@ -31,6 +31,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             looked = "\n".join(f"  {d}" for d in search_dirs(name, args.data_dir))
             table.add_row(name, "[red]no[/]", f"looked in:\n{looked}\n{meta.how_to_get}", meta.description)
+    # Omniglot serves the Siamese command (pairs and one-shot runs), not classification
+    from .. import omniglot
+
+    needed = omniglot.SMALL_BACKGROUND + (omniglot.RUNS_ZIP,)
+    folder = omniglot.locate(needed, args.data_dir)
+    where = str(folder) if folder is not None else (
+        "looked in:\n" + "\n".join(f"  {d}" for d in search_dirs("omniglot", args.data_dir))
+        + "\nput images_background_small1/2.zip and all_runs.zip there, or `ensemblekit siamese --download`"
+    )
+    table.add_row("omniglot", "[green]yes[/]" if folder is not None else "[red]no[/]", where,
+                  "Omniglot handwritten characters, 105x105 (Siamese / one-shot; `ensemblekit siamese`)")
     table.add_row("folder:PATH", "-", "one sub-folder per class under PATH, any image Pillow reads", "your own images")
     console.print(table)
     return 0
