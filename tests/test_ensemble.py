@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ensemblekit import Recipe, build_model, load
 from ensemblekit.cli import main
 from ensemblekit.ensemble import (
-    Ensemble, SharedOrderBatches, combine, evaluate_members, fit_weights, member_seed,
+    Ensemble, combine, evaluate_members, fit_weights, member_seed,
     pairwise_disagreement, size_curve, train_members,
 )
 from ensemblekit.metrics import evaluate, nll
@@ -205,14 +206,22 @@ def test_members_differ_and_member_i_is_reproducible_alone(digits):
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     # member 1 alone: its own initial weights and dropout seed, the ensemble's shared batch order
     alone = build_model(config, seed=member_seed(7, 1))
-    fit(alone, SharedOrderBatches.from_batches(batches, 7), recipe.replace(seed=member_seed(7, 1)), progress=False)
+    fit(alone, batches, recipe.replace(seed=member_seed(7, 1), data_seed=7), progress=False)
     assert all(torch.equal(p, q) for p, q in zip(alone.parameters(), three.ensemble.members[1].parameters()))
 
 
-def test_shared_order_batches_keep_their_order_under_with_options(digits):
-    shared = SharedOrderBatches.from_batches(digits.batches("train", batch_size=32), order_seed=3)
-    assert torch.equal(shared.with_options(seed=99).order(2), shared.order(2))
-    assert torch.equal(shared.order(2), digits.batches("train", batch_size=32, seed=3).order(2))
+def test_data_seed_sets_the_batch_order_apart_from_the_seed(digits):
+    batches = digits.batches("train", batch_size=32)
+    orders = []
+    for seed in (1, 2):
+        seen = []
+        recipe = Recipe(epochs=1, batch_size=32, device="cpu", seed=seed, data_seed=3)
+        model = build_model(mlp_config(digits), seed=seed)
+        fit(model, batches, recipe, loss_fn=lambda out, y: (seen.append(y.clone()), F.cross_entropy(out, y))[1],
+            progress=False)
+        orders.append(torch.cat(seen))
+    assert torch.equal(orders[0], orders[1])
+    assert torch.equal(orders[0], digits.train.labels[digits.batches("train", batch_size=32, seed=3).order(0)])
 
 
 def test_bootstrap_gives_each_member_its_own_resample(digits, monkeypatch):

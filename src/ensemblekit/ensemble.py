@@ -46,7 +46,6 @@ __all__ = [
     "combine",
     "fit_weights",
     "member_seed",
-    "SharedOrderBatches",
     "train_members",
     "TrainedEnsemble",
     "pairwise_disagreement",
@@ -257,37 +256,6 @@ def member_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFF_FFFF)
 
 
-class SharedOrderBatches(Batches):
-    """`Batches` whose sample order follows ``order_seed`` whatever ``seed`` `fit` gives it.
-
-    `fit` seeds the batch order with the recipe's seed; ensemble members that must see the same
-    batches (so that the vectorised path can replace them) keep their own seed for initial weights
-    and dropout, and take their order from here.
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, *, order_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(images, labels, **kwargs)
-        self.order_seed = order_seed
-
-    @classmethod
-    def from_batches(cls, batches: Batches, order_seed: int) -> "SharedOrderBatches":
-        shared = cls.__new__(cls)
-        shared.__dict__.update(batches.__dict__)
-        shared.order_seed = order_seed
-        return shared
-
-    def with_options(self, **changes: Any) -> "SharedOrderBatches":
-        return SharedOrderBatches.from_batches(super().with_options(**changes), self.order_seed)
-
-    def order(self, epoch: int) -> Tensor:
-        seed = self.seed
-        try:
-            self.seed = self.order_seed
-            return super().order(epoch)
-        finally:
-            self.seed = seed
-
-
 @dataclass
 class TrainedEnsemble:
     """What `train_members` returns: the ensemble and how it was made."""
@@ -349,7 +317,7 @@ def train_members(
         from .vectorized import train_vectorized
 
         models, history = train_vectorized(
-            config, SharedOrderBatches.from_batches(batches, seed), recipe.replace(seed=seed), seeds,
+            config, batches, recipe.replace(seed=seed), seeds,
             progress=progress,
         )
         histories = [history]
@@ -360,9 +328,9 @@ def train_members(
         models, histories = [], []
         for i, s in enumerate(seeds):
             model = build_model(config, seed=s)
-            member_batches = _member_batches(batches, seed, s, shared_order=shared_order, bootstrap=bootstrap)
+            member_batches, order_seed = _member_data(batches, seed, s, shared_order=shared_order, bootstrap=bootstrap)
             histories.append(fit(
-                model, member_batches, recipe.replace(seed=s), validate=validate, progress=progress,
+                model, member_batches, recipe.replace(seed=s, data_seed=order_seed), validate=validate, progress=progress,
                 description=f"member {i + 1}/{members}",
             ))
             models.append(model)
@@ -388,15 +356,14 @@ def _choose_vectorized(config: dict[str, Any], vectorize: str, *, shared_order: 
     return not blockers
 
 
-def _member_batches(batches: Batches, seed: int, own_seed: int, *, shared_order: bool, bootstrap: bool) -> Batches:
+def _member_data(batches: Batches, seed: int, own_seed: int, *, shared_order: bool, bootstrap: bool) -> tuple[Batches, int]:
+    """Member's batches and the seed of their order: the ensemble's (shared) or its own."""
     if bootstrap:
         n = batches.num_samples
         draw = torch.randint(n, (n,), generator=torch.Generator().manual_seed(own_seed))
         pool = torch.arange(n) if batches.indices is None else batches.indices.cpu()
-        return batches.with_options(indices=pool[draw], seed=own_seed)
-    if shared_order:
-        return SharedOrderBatches.from_batches(batches, seed)
-    return batches.with_options(seed=own_seed)
+        return batches.with_options(indices=pool[draw]), own_seed
+    return batches, seed if shared_order else own_seed
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -55,6 +55,7 @@ class Recipe:
     min_lr: float = 0.0  # floor of the cosine schedule
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
     seed: int = 0  # initial weights, batch order and dropout masks all follow from it
+    data_seed: int | None = None  # batch order only, when it must differ from seed (ensemble members share one)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
@@ -174,8 +175,9 @@ def fit(
     model.to(device)
     if batches.device != device:
         batches = batches.with_options(device=device)
-    if batches.seed != recipe.seed:
-        batches = batches.with_options(seed=recipe.seed)
+    order_seed = recipe.seed if recipe.data_seed is None else recipe.data_seed
+    if batches.seed != order_seed:
+        batches = batches.with_options(seed=order_seed)
     if loss_fn is None:
         smoothing = recipe.label_smoothing
         loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=smoothing)
