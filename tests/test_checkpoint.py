@@ -82,25 +82,25 @@ def test_tampered_member(saved):
         load_ensemble(path)
 
 
+def _replace_member(path, index: int, payload: bytes) -> None:
+    """Overwrite member ``index`` and update its hash in the manifest, so only the content is wrong."""
+    (path / f"member_{index:02d}.safetensors").write_bytes(payload)
+    manifest = _manifest(path)
+    manifest["members"][index]["sha256"] = hashlib.sha256(payload).hexdigest()
+    _write_manifest(path, manifest)
+
+
 def test_member_with_wrong_shapes_even_if_the_hash_is_updated(saved):
     _, path = saved
     wrong = build_model({**CNN, "channels": [4, 16]}).state_dict()
-    payload = save_safetensors({k: v.contiguous() for k, v in wrong.items()})
-    (path / "member_01.safetensors").write_bytes(payload)
-    manifest = _manifest(path)
-    manifest["members"][1]["sha256"] = hashlib.sha256(payload).hexdigest()
-    _write_manifest(path, manifest)
+    _replace_member(path, 1, save_safetensors({k: v.contiguous() for k, v in wrong.items()}))
     with pytest.raises(CheckpointError, match=r"member_01\.safetensors: tensor .* has shape \[16, 4, 3, 3\]"):
         load_ensemble(path)
 
 
 def test_member_that_is_not_safetensors(saved):
     _, path = saved
-    payload = b"not a safetensors file at all"
-    (path / "member_00.safetensors").write_bytes(payload)
-    manifest = _manifest(path)
-    manifest["members"][0]["sha256"] = hashlib.sha256(payload).hexdigest()
-    _write_manifest(path, manifest)
+    _replace_member(path, 0, b"not a safetensors file at all")
     with pytest.raises(CheckpointError, match=r"member_00\.safetensors: not a valid safetensors file"):
         load_ensemble(path)
 

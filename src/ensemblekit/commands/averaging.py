@@ -21,7 +21,7 @@ from ..schedules import Cosine
 from ..snapshots import check_snapshot_plan, plot_lr_schedule, train_snapshot_ensemble
 from ..train import Recipe, evaluate_model, fit
 from .common import (
-    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, console, finish,
+    add_training_arguments, add_output_arguments, console, finish,
     load_from_args, model_config_from_args, recipe_from_args,
 )
 
@@ -33,9 +33,7 @@ BN_PASS_BATCHES = 50  # batches of the cheap per-epoch BatchNorm estimate for SW
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, default="digits")
-    add_model_arguments(parser)
-    add_recipe_arguments(parser)
+    add_training_arguments(parser)
     add_averaging_arguments(parser)
     group = parser.add_argument_group("comparison")
     group.add_argument("--lrs", type=float, nargs="+", default=None,

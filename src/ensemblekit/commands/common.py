@@ -50,6 +50,15 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: Recipe | Non
     group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default auto)")
 
 
+def add_training_arguments(
+    parser: argparse.ArgumentParser, *, dataset: str = "digits", model: str = "mlp", recipe: Recipe | None = None,
+) -> None:
+    """Data, model and recipe options: what every command that trains a classifier takes."""
+    add_data_arguments(parser, default=dataset)
+    add_model_arguments(parser, default=model)
+    add_recipe_arguments(parser, recipe)
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--json", metavar="FILE", default=None, help="also write the results table to FILE as JSON")

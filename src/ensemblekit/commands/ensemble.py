@@ -10,7 +10,7 @@ from ..ensemble import COMBINE_RULES, VECTORIZE_MODES, evaluate_members, plot_si
 from ..metrics import evaluate
 from ..report import format_metric, print_table
 from .common import (
-    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, console,
+    add_training_arguments, add_output_arguments, console,
     err_console, finish, load_from_args, model_config_from_args, recipe_from_args,
 )
 
@@ -19,9 +19,7 @@ HELP = "train K independent members and measure the ensemble's extra performance
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, default="digits")
-    add_model_arguments(parser)
-    add_recipe_arguments(parser)
+    add_training_arguments(parser)
     group = parser.add_argument_group("ensemble")
     group.add_argument("--members", type=int, default=5, help="number of members K (default 5)")
     group.add_argument("--combine", choices=COMBINE_RULES, default="mean_proba",

@@ -17,7 +17,7 @@ from ..occlusion import (
 )
 from ..train import Recipe, fit
 from .common import (
-    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, err_console, finish,
+    add_training_arguments, add_output_arguments, err_console, finish,
     load_from_args, model_config_from_args, model_row, recipe_from_args,
 )
 
@@ -29,9 +29,7 @@ METHODS = ("plain", "cutout", "erasing")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, default="fashion-mnist")
-    add_model_arguments(parser, default="cnn")
-    add_recipe_arguments(parser, DEFAULTS)
+    add_training_arguments(parser, dataset="fashion-mnist", model="cnn", recipe=DEFAULTS)
     group = parser.add_argument_group("occlusion")
     group.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all three")
     group.add_argument("--cutout-size", type=int, default=None, help="hole side in px (default 12 on 28x28, scaled to the image)")

@@ -19,7 +19,7 @@ from ..snapshots import SnapshotHook, check_snapshot_plan, plot_lr_schedule, sna
 from ..train import evaluate_model, fit
 from .averaging import BN_PASS_BATCHES, add_averaging_arguments, check_swa_lr, check_swa_start, default_cycle_epochs
 from .common import (
-    add_data_arguments, add_model_arguments, add_output_arguments, add_recipe_arguments, finish,
+    add_training_arguments, add_output_arguments, finish,
     load_from_args, model_config_from_args, model_row, recipe_from_args,
 )
 
@@ -28,9 +28,7 @@ HELP = "train one model and print its metrics (optionally with snapshots, EMA or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, default="digits")
-    add_model_arguments(parser)
-    add_recipe_arguments(parser)
+    add_training_arguments(parser)
     add_averaging_arguments(parser, defaults=False)
     parser.add_argument("--plot-dir", default=None, help="write the lr schedule and raw-vs-averaged curves here (PNG)")
     add_output_arguments(parser)
