@@ -75,10 +75,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), repeats, warmup=1) / 1e9
 
 
-def run_ensemblekit(splits: Any, case: dict, vectorize: str, seed: int) -> tuple[float, float]:
+def run_ensemblekit(splits: Any, case: dict, vectorize: str, seed: int, precision: str = "fp32") -> tuple[float, float]:
     config = {"arch": "mlp", "in_shape": list(splits.image_shape), "num_classes": splits.num_classes, "hidden": case["hidden"]}
     recipe = Recipe(epochs=case["epochs"], batch_size=case["batch_size"], optimizer="sgd", nesterov=False,
-                    schedule="constant", seed=seed, device="cpu", **OPTIMIZER)
+                    schedule="constant", seed=seed, device="cpu", precision=precision, **OPTIMIZER)
     start = time.perf_counter()
     trained = train_members(config, splits.batches("train", batch_size=case["batch_size"]), recipe,
                             members=case["members"], vectorize=vectorize, progress=False)
@@ -117,17 +117,30 @@ def main() -> None:
 
     print(header("bench_ensemble: 5-member MLP ensemble training vs torchensemble VotingClassifier",
                  args.runs, "wall time", ["device cpu; each run trains wide, one-by-one, torchensemble in turn"]))
+    # untimed warm-up, one epoch of case (a) per path: the first optimiser pulls in torch._dynamo
+    # (seconds, once per process) and autocast / torchensemble have one-off set-up costs too
+    digits, warm = load("digits"), {**CASES["a"], "epochs": 1}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for precision in ("fp32", "bf16"):
+            run_ensemblekit(digits, warm, "on", 0, precision)
+        run_ensemblekit(digits, warm, "off", 0)
+        run_torchensemble(digits, warm, 0)
     for name in (["a", "b"] if args.case == "all" else [args.case]):
         case = CASES[name]
         splits = load(case["dataset"])
-        times: dict[str, list[float]] = {"wide": [], "one-by-one": [], "torchensemble": []}
-        accs: dict[str, list[float]] = {k: [] for k in times}
+        runners = {
+            "wide": lambda run: run_ensemblekit(splits, case, "on", run),
+            "one-by-one": lambda run: run_ensemblekit(splits, case, "off", run),
+            "torchensemble": lambda run: run_torchensemble(splits, case, run),
+        }
+        if name == "b":  # bfloat16 autocast: the AMX / tensor-core path (same FLOPs, cheaper ones)
+            runners["wide bf16"] = lambda run: run_ensemblekit(splits, case, "on", run, precision="bf16")
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        accs: dict[str, list[float]] = {k: [] for k in runners}
         for run in range(args.runs):
-            for label, fn in (("wide", lambda: run_ensemblekit(splits, case, "on", run)),
-                              ("one-by-one", lambda: run_ensemblekit(splits, case, "off", run)),
-                              ("torchensemble", lambda: run_torchensemble(splits, case, run))):
+            for label, runner in runners.items():
                 with contextlib.redirect_stdout(io.StringIO()):  # torchensemble prints per epoch
-                    seconds, acc = fn()
+                    seconds, acc = runner(run)
                 times[label].append(seconds)
                 accs[label].append(acc)
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -143,10 +156,11 @@ def main() -> None:
             in_features = splits.image_shape[0] * splits.image_shape[1] * splits.image_shape[2]
             flops = train_flops(in_features, case["hidden"], splits.num_classes, len(splits.train)) * case["epochs"] * case["members"]
             peak = matmul_gflops()
-            achieved = flops / med["wide"] / 1e9
-            print(f"training FLOPs {flops / 1e12:.3f} TFLOP; achieved {achieved:.1f} GFLOP/s (wide); "
-                  f"2048x2048 float32 matmul {peak:.1f} GFLOP/s; ratio {achieved / peak:.2f} "
-                  f"(torchensemble {flops / med['torchensemble'] / 1e9 / peak:.2f})")
+            for label in ("wide", "wide bf16", "one-by-one", "torchensemble"):
+                achieved = flops / med[label] / 1e9
+                print(f"{label:>14}: {achieved:6.1f} GFLOP/s = {achieved / peak:.2f} x the 2048x2048 float32 matmul "
+                      f"({peak:.1f} GFLOP/s); {med['torchensemble'] / med[label]:.2f}x torchensemble's speed")
+            print(f"training FLOPs {flops / 1e12:.3f} TFLOP (2ab forward + 2ab weight grad + 2ab input grad, none for layer 1)")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def _corrupt_mnist(folder: Path) -> Path:
 @pytest.mark.parametrize(
     "case",
     ["unknown dataset", "epochs 0", "missing files", "corrupt idx", "bad optimizer", "bad val size", "diverging lr",
-     "not a device", "absent device"],
+     "not a device", "absent device", "bad precision", "epochs not a number"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     if case == "absent device" and torch.cuda.is_available():
@@ -105,11 +105,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
         "diverging lr": ["train", "--lr", "1e30", "--epochs", "2"],
         "not a device": ["train", "--device", "gpu0"],
         "absent device": ["train", "--device", "cuda"],
+        "bad precision": ["train", "--precision", "fp16"],
+        "epochs not a number": ["train", "--epochs", "ten"],
     }[case]
     expect = {
         "unknown dataset": "fashion-mnist", "epochs 0": "epochs", "missing files": str(tmp_path),
         "corrupt idx": "train-images-idx3-ubyte.gz", "bad optimizer": "sgd, adamw", "bad val size": "val_size",
         "diverging lr": "step", "not a device": "gpu0", "absent device": "not available",
+        "bad precision": "'fp16'", "epochs not a number": "'ten'",
     }[case]
     code, out, err = _run(capsys, *argv, "--quiet")
     assert code == 2

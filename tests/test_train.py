@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ensemblekit import data
 from ensemblekit.commands.demo import DEMO_RECIPE, mlp_config
 from ensemblekit.models import build_model
-from ensemblekit.train import Recipe, TrainingError, evaluate_model, fit, predict_proba
+from ensemblekit.train import Recipe, TrainingError, evaluate_model, fit, make_optimizer, predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ CPU = Recipe(epochs=2, batch_size=32, lr=0.05, device="cpu")
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"label_smoothing": -0.1}, "label_smoothing"),
         ({"min_lr": 1.0}, "min_lr"),
+        ({"precision": "fp16"}, "precision='fp16'.*fp32, bf16"),
     ],
 )
 def test_recipe_validation_names_the_argument(changes, argument):
@@ -220,6 +221,43 @@ def test_adamw_trains(digits):
     model = build_model(mlp_config(digits), seed=0)
     history = fit(model, _small_batches(digits), CPU.replace(optimizer="adamw", lr=1e-3, epochs=3), progress=False)
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+@pytest.mark.parametrize("recipe", [CPU, CPU.replace(nesterov=False), CPU.replace(optimizer="adamw", lr=1e-3)],
+                         ids=["sgd-nesterov", "sgd", "adamw"])
+def test_fused_optimizer_takes_the_same_steps_as_torchs_default(recipe):
+    """make_optimizer picks torch's fused kernel on CPU; it must step like the plain for-loop one."""
+    torch.manual_seed(0)
+    params = [torch.randn(64, 32, requires_grad=True), torch.randn(32, requires_grad=True)]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    ours = make_optimizer(params, recipe)
+    assert ours.defaults["fused"] is True
+    if recipe.optimizer == "sgd":  # torch's default on CPU: the for-loop implementation
+        theirs = torch.optim.SGD(reference, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                 weight_decay=recipe.weight_decay, foreach=False)
+    else:
+        theirs = torch.optim.AdamW(reference, lr=recipe.lr, betas=(recipe.momentum, 0.999),
+                                   weight_decay=recipe.weight_decay, foreach=False)
+    for _ in range(20):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, reference, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_precision_runs_matmuls_in_bfloat16_and_still_learns(digits):
+    seen: list[torch.dtype] = []
+    model = build_model(mlp_config(digits), seed=0)
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    handle = first_linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    fit(model, digits.batches("train", batch_size=64), CPU.replace(epochs=10, precision="bf16"), progress=False)
+    handle.remove()
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert evaluate_model(model, digits.inputs("test"), digits.test.labels)["accuracy"] >= 0.93
 
 
 def test_empty_epoch_is_a_value_error(digits):

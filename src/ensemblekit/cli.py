@@ -17,8 +17,15 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS = ("demo", "datasets", "train", "occlusion", "averaging", "ensemble", "predict", "dropout", "siamese")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="ensemblekit",
         description="Ensembles, snapshots, Polyak averaging, dropout, occlusions and Siamese nets, measured.",
     )
@@ -33,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 1
     try:
         return int(args.run(args) or 0)
     except (ValueError, DataError, OSError, TrainingError) as exc:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -304,17 +304,27 @@ def random_erasing(
         raise ValueError(f"fill={fill!r}: choose one of {', '.join(ERASING_FILLS)}")
     if draw.apply.shape != (b,) or draw.area.shape[0] != b:
         raise ValueError(f"draw for {draw.apply.shape[0]} images does not match a batch of {b}")
-    top, left, bottom, right, _ = erasing_boxes(draw, h, w, scale=scale, ratio=ratio)
-    mask = box_mask(top, left, bottom, right, h, w)  # (B, H, W)
+    boxes = erasing_boxes(draw, h, w, scale=scale, ratio=ratio)
+    return _erase(x, boxes[:4], fill=fill, value=value, mean=mean, noise=draw.noise, inplace=inplace)
+
+
+def _erase(
+    x: Tensor, boxes: Sequence[Tensor], *, fill: str, value: float, mean: Sequence[float] | Tensor | None,
+    noise: Tensor | None, inplace: bool,
+) -> Tensor:
+    """Random erasing's fill of the (top, left, bottom, right) boxes, after the argument checks."""
+    _, c, h, w = x.shape
+    mask = box_mask(*boxes, h, w)  # (B, H, W)
     if fill == "noise":
-        if draw.noise is not None and draw.noise.shape == x.shape:
-            return _fill(x, mask, draw.noise, inplace)
-        erased = c * int(mask.sum())
-        if draw.noise is None or draw.noise.shape != (erased,):
-            got = None if draw.noise is None else tuple(draw.noise.shape)
+        if noise is not None and noise.shape == x.shape:
+            return _fill(x, mask, noise, inplace)
+        top, left, bottom, right = boxes
+        erased = c * int(((bottom - top) * (right - left)).sum())
+        if noise is None or noise.shape != (erased,):
+            got = None if noise is None else tuple(noise.shape)
             raise ValueError(f"fill='noise' needs draw.noise of shape {tuple(x.shape)} or ({erased},), got {got}")
         out = x if inplace else x.clone()
-        return out.masked_scatter_(mask[:, None].bool().expand_as(x), draw.noise.to(device=x.device, dtype=x.dtype))
+        return out.masked_scatter_(mask[:, None].bool().expand_as(x), noise.to(device=x.device, dtype=x.dtype))
     if fill == "mean":
         means = torch.zeros(c) if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
         if means.shape != (c,):
@@ -354,14 +364,14 @@ class RandomErasing:
         if self.fill == "noise" and not x.is_floating_point():
             raise ValueError(f"fill='noise' needs floating-point images, got {x.dtype}")
         draw = draw_erasing(b, attempts=self.attempts, p=self.p, generator=self.generator, device=x.device)
+        top, left, bottom, right, _ = erasing_boxes(draw, x.shape[2], x.shape[3], scale=self.scale, ratio=self.ratio)
+        noise = None
         if self.fill == "noise":
             # noise only for the erased pixels: ~1/10 of a full (B, C, H, W) draw at the defaults
-            top, left, bottom, right, _ = erasing_boxes(draw, x.shape[2], x.shape[3], scale=self.scale, ratio=self.ratio)
             count = x.shape[1] * int(((bottom - top) * (right - left)).sum())
             noise = torch.randn(count, generator=self.generator, device=_draw_device(x.device, self.generator))
-            draw = replace(draw, noise=noise.to(x.device))
-        return random_erasing(x, draw, scale=self.scale, ratio=self.ratio, fill=self.fill, value=self.value,
-                              mean=self.mean, inplace=self.inplace)
+        return _erase(x, (top, left, bottom, right), fill=self.fill, value=self.value, mean=self.mean,
+                      noise=noise, inplace=self.inplace)
 
     def __repr__(self) -> str:
         return (f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r}, "

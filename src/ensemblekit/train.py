@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Recipe:
     seed: int = 0  # initial weights, batch order and dropout masks all follow from it
     data_seed: int | None = None  # batch order only, when it must differ from seed (ensemble members share one)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "fp32"  # "bf16": forward in bfloat16 autocast (AMX CPUs, recent GPUs); weights stay fp32
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -77,6 +79,8 @@ class Recipe:
             raise ValueError(f"warmup_epochs={self.warmup_epochs}: must lie in [0, epochs={self.epochs}]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr={self.min_lr}: must lie in [0, lr={self.lr}]")
 
@@ -137,12 +141,34 @@ class History:
 
 
 def make_optimizer(params: Iterable[Tensor], recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD or AdamW from the recipe, with torch's fused kernel where every parameter allows it.
+
+    The fused kernel updates each tensor in one pass (weight decay, momentum and the step
+    together) instead of three to five element-wise passes; for wide models the optimiser step
+    is memory-bound, so this is 2-3x faster than torch's default CPU path (bench_ensemble).
+    """
+    params = list(params)
+    fused = _can_fuse(params)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=recipe.lr, momentum=recipe.momentum,
-            nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay,
+            nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay, fused=fused,
         )
-    return torch.optim.AdamW(params, lr=recipe.lr, betas=(recipe.momentum, 0.999), weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, betas=(recipe.momentum, 0.999),
+                             weight_decay=recipe.weight_decay, fused=fused)
+
+
+def _can_fuse(params: Sequence[Tensor]) -> bool | None:
+    """True when torch's fused optimiser kernels cover all ``params`` (floating, dense, one device type)."""
+    try:  # torch >= 2.4 lists the devices with fused kernels (CPU among them); older ones: none here
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        supported = set(_get_fused_kernels_supported_devices())
+    except ImportError:
+        return None
+    devices = {p.device.type for p in params}
+    ok = len(devices) == 1 and devices <= supported and all(p.is_floating_point() and not p.is_sparse for p in params)
+    return True if ok else None
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -191,6 +217,10 @@ def fit(
     step_hooks = [h.on_step_end for h in hooks if hasattr(h, "on_step_end")]
     epoch_hooks = [h.on_epoch_end for h in hooks if hasattr(h, "on_epoch_end")]
 
+    # bf16: matmuls and convolutions run in bfloat16 (AMX / tensor cores), weights and the
+    # optimiser stay fp32, so no loss scaling is needed (bf16 has fp32's exponent range)
+    autocast_on = recipe.precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_on)
     torch.manual_seed(recipe.seed)  # dropout masks and other in-model noise follow the seed
     started = time.perf_counter()
     with _progress(progress, description, state.total_steps) as advance:
@@ -204,7 +234,10 @@ def fit(
                 lr = schedule(state.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                outputs = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+                with autocast:
+                    outputs = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+                if autocast_on:  # the loss, its gradient and the accuracy count in fp32
+                    outputs = _to_fp32(outputs)
                 loss = loss_fn(outputs, targets)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
@@ -239,6 +272,13 @@ def fit(
     history.seconds = time.perf_counter() - started
     model.eval()
     return history
+
+
+def _to_fp32(outputs: Any) -> Any:
+    """A model's outputs (a tensor or a tuple of them, as pair models return) with floats as fp32."""
+    if isinstance(outputs, tuple):
+        return tuple(_to_fp32(o) for o in outputs)
+    return outputs.float() if isinstance(outputs, Tensor) and outputs.is_floating_point() else outputs
 
 
 class _progress:

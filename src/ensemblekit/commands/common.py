@@ -48,6 +48,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: Recipe | Non
     group.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"default {d.label_smoothing}")
     group.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default auto)")
+    group.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision,
+                       help="bf16: bfloat16 autocast for the forward pass, ~2x faster on CPUs with AMX "
+                            f"and on recent GPUs (default {d.precision})")
 
 
 def add_training_arguments(
@@ -71,7 +74,7 @@ def recipe_from_args(args: argparse.Namespace, **overrides: Any) -> Recipe:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
-        device=args.device,
+        device=args.device, precision=args.precision,
     )
     fields.update(overrides)
     return Recipe(**fields)
