@@ -290,13 +290,17 @@ class Batches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.order(epoch)
-        scale, shift = _affine(self.mean, self.std, self.device)  # once per epoch, not per batch
+        affine = _affine(self.mean, self.std, self.device)  # once per epoch, not per batch
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            x = _standardize(self.images.index_select(0, idx), scale, shift)
-            if self.transform is not None:
-                x = self.transform(x)
-            yield x, self.labels.index_select(0, idx)
+            yield self.take(order[start : start + self.batch_size], affine)
+
+    def take(self, idx: Tensor, affine: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Samples ``idx`` (N,) as a batch: normalised (and transformed) images, labels."""
+        scale, shift = affine or _affine(self.mean, self.std, self.device)
+        x = _standardize(self.images.index_select(0, idx), scale, shift)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.epoch(0)

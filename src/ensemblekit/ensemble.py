@@ -19,8 +19,9 @@ combination rule:
 Training K members (`train_members`) goes through the one loop, `train.fit`: member i's initial
 weights, dropout masks and (with ``shared_order=False`` or ``bootstrap=True``) its data follow
 ``member_seed(seed, i)`` alone, so member i can be retrained on its own. With a shared batch order,
-MLP members can instead train as one wide network (`ensemblekit.vectorized`); ``vectorize="auto"``
-picks whichever `bench/bench_ensemble.py` measured to be faster.
+MLP members can instead train as one wide network (`ensemblekit.vectorized`), with a shared
+order or each with its own; ``vectorize="auto"`` picks whichever `bench/bench_ensemble.py`
+measured to be faster.
 """
 
 from __future__ import annotations
@@ -288,16 +289,17 @@ def train_members(
     Member i starts from ``build_model(config, seed=member_seed(seed, i))`` (``seed`` defaults to
     ``recipe.seed``), so no two members share initial weights; its dropout masks follow the same
     seed. Data order: with ``shared_order`` (default) every member sees the batches in the order
-    seeded by ``seed``, which is what lets ``vectorize`` train them as one wide network; otherwise
+    seeded by ``seed`` (the wide path's first layer is then one GEMM over the shared batch); otherwise
     each member shuffles with its own seed. ``bootstrap=True`` trains each member on its own
     resample with replacement of the training set (bagging, Breiman 1996), which also implies its
     own order. ``validate(model)`` is recorded per epoch for members trained one by one.
     ``on_member_end(i, model, history)`` is called as each member finishes (all at the end when
     vectorised), for progress lines.
 
-    ``vectorize``: "on" trains all members as one wide network (MLPs only, shared order, no
-    bootstrap); "off" trains them one by one; "auto" takes "on" where `bench/bench_ensemble.py`
-    measured it to be faster (MLPs) and "off" otherwise (CNNs, bagging).
+    ``vectorize``: "on" trains all members as one wide network (MLPs only; shared order, own
+    orders and bootstrap alike, each member seeing exactly its one-by-one batches); "off" trains
+    them one by one; "auto" takes "on" where `bench/bench_ensemble.py` measured it to be faster
+    (MLPs) and "off" otherwise (CNNs).
     """
     import time
 
@@ -310,14 +312,22 @@ def train_members(
     seed = recipe.seed if seed is None else seed
     seeds = [member_seed(seed, i) for i in range(members)]
     build_model(config)  # a bad config fails here, before any training
-    use_wide = _choose_vectorized(config, vectorize, shared_order=shared_order, bootstrap=bootstrap)
+    use_wide = _choose_vectorized(config, vectorize)
 
     started = time.perf_counter()
     if use_wide:
-        from .vectorized import train_vectorized
+        from .vectorized import MemberBatches, train_vectorized
 
+        if shared_order and not bootstrap:
+            wide_batches = batches  # one order: the first layer is one GEMM over the shared batch
+        else:  # each member's own stream, exactly as it would train alone
+            streams = []
+            for s in seeds:
+                member_batches, order_seed = _member_data(batches, seed, s, shared_order=shared_order, bootstrap=bootstrap)
+                streams.append(member_batches.with_options(seed=order_seed))
+            wide_batches = MemberBatches(streams)
         models, history = train_vectorized(
-            config, batches, recipe.replace(seed=seed), seeds,
+            config, wide_batches, recipe.replace(seed=seed), seeds,
             progress=progress,
         )
         histories = [history]
@@ -340,20 +350,19 @@ def train_members(
     return TrainedEnsemble(ensemble, histories, seeds, use_wide, time.perf_counter() - started, dict(config))
 
 
-def _choose_vectorized(config: dict[str, Any], vectorize: str, *, shared_order: bool, bootstrap: bool) -> bool:
+def _choose_vectorized(config: dict[str, Any], vectorize: str) -> bool:
     if vectorize == "off":
         return False
-    blockers = []
     if config.get("arch") != "mlp":
-        blockers.append(f"architecture {config.get('arch')!r} (only MLPs have a wide path)")
-    if bootstrap:
-        blockers.append("bootstrap=True (members see different data)")
-    if not shared_order:
-        blockers.append("shared_order=False (members see different batches)")
-    if vectorize == "on" and blockers:
-        raise ValueError(f"vectorize='on' is not possible with {'; '.join(blockers)}; use vectorize='auto' or 'off'")
-    # auto: bench/bench_ensemble.py measured the wide MLP faster on CPU at every size tried
-    return not blockers
+        if vectorize == "on":
+            raise ValueError(
+                f"vectorize='on' is not possible with architecture {config.get('arch')!r} "
+                "(only MLPs have a wide path); use vectorize='auto' or 'off'"
+            )
+        return False
+    # auto: bench/bench_ensemble.py measured the wide MLP faster on CPU at every size tried,
+    # with a shared order and with each member's own order or resample alike
+    return True
 
 
 def _member_data(batches: Batches, seed: int, own_seed: int, *, shared_order: bool, bootstrap: bool) -> tuple[Batches, int]:

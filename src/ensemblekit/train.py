@@ -202,7 +202,7 @@ def fit(
     if batches.device != device:
         batches = batches.with_options(device=device)
     order_seed = recipe.seed if recipe.data_seed is None else recipe.data_seed
-    if batches.seed != order_seed:
+    if batches.seed is not None and batches.seed != order_seed:  # None: streams that carry their own orders
         batches = batches.with_options(seed=order_seed)
     if loss_fn is None:
         smoothing = recipe.label_smoothing
@@ -251,7 +251,7 @@ def fit(
                 state.step += 1
                 state.lr, state.loss = lr, loss_value
                 history.lr.append(lr)
-                n = targets.shape[0]
+                n = targets.shape[-1] if targets.ndim == 2 and outputs.ndim == 3 else targets.shape[0]  # (K, B): K members' labels
                 loss_sum += loss.detach() * n
                 seen += n
                 if outputs.ndim == 2 and targets.ndim == 1 and targets.dtype == torch.long:
