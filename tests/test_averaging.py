@@ -102,6 +102,24 @@ def test_copy_policy_copies_float_buffers_from_the_model():
     assert torch.equal(ema.module.features[1].running_mean, bn.running_mean)
 
 
+def test_a_reassigned_weight_is_picked_up_and_a_wrong_one_refused():
+    """EMA caches the model's tensor lists between updates; replacing a weight must not be missed."""
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), 3, hidden=[5])
+    ema = EMA(model, decay=0.5)
+    ema.update(model)
+    first = next(m for m in model.net if isinstance(m, nn.Linear))
+    key = next(name for name, m in model.named_modules() if m is first) + ".weight"
+    before = ema.module.state_dict()[key].clone()
+    first.weight = nn.Parameter(torch.full_like(first.weight, 10.0))  # a new Parameter object
+    ema.update(model)
+    after = ema.module.state_dict()[key]
+    torch.testing.assert_close(after, 0.5 * before + 0.5 * 10.0)
+    first.weight = nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        ema.update(model)
+
+
 def test_every_and_warmup():
     model = cnn()
     ema = EMA(model, 0.99, every=3)

@@ -111,6 +111,21 @@ def _same_device(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
 # ----------------------------------------------------------------------------- stateful wrappers
 
 
+def _tensor_slots(model: nn.Module) -> tuple[list[tuple[dict, str, Tensor]], list[tuple[dict, str, Tensor]]]:
+    """(owner dict, name, tensor) of the model's parameters and of its buffers, in the order of
+    ``model.parameters()`` and ``model.buffers()`` (each tensor once)."""
+    seen: set[int] = set()
+    params: list[tuple[dict, str, Tensor]] = []
+    buffers: list[tuple[dict, str, Tensor]] = []
+    for module in model.modules():
+        for store, out in ((module._parameters, params), (module._buffers, buffers)):
+            for name, tensor in store.items():
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    out.append((store, name, tensor))
+    return params, buffers
+
+
 class _Averaged:
     """An eval-mode copy of a model whose tensors are split into averaged and copied lists."""
 
@@ -122,31 +137,44 @@ class _Averaged:
         if device is not None:
             self.module.to(device)
         self.module.eval().requires_grad_(False)
-        self._averaged, self._copied = self._split(self.module)
-        self._checked = False
+        averaged, copied, _ = self._split(self.module)
+        self._averaged = [t.detach() for t in averaged]
+        self._copied = [t.detach() for t in copied]
+        self._cache: tuple | None = None  # (model, averaged, copied, slots) of the last update
 
-    def _split(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-        """(tensors to average, tensors to copy), in the model's own order."""
-        params = [p.detach() for p in model.parameters()]
-        buffers = [b.detach() for b in model.buffers()]
+    def _split(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor], list[tuple[dict, str, Tensor]]]:
+        """(tensors to average, tensors to copy, the slots they came from), in the model's own order."""
+        param_slots, buffer_slots = _tensor_slots(model)
+        params = [t for _, _, t in param_slots]
+        buffers = [t for _, _, t in buffer_slots]
         floating = [b for b in buffers if b.is_floating_point()]
         integer = [b for b in buffers if not b.is_floating_point()]
+        slots = param_slots + buffer_slots
         if self.buffers == "average":
-            return params + floating, integer
-        return params, floating + integer
+            return params + floating, integer, slots
+        return params, floating + integer, slots
 
     def _current(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-        averaged, copied = self._split(model)
+        """The model's tensors matching ``_averaged`` and ``_copied``.
+
+        Walking the module tree costs more than the update itself for a small model, so the
+        lists are cached per model and reused while every tensor is still the one in its
+        module's slot (a dict lookup each; `Module.to` keeps the Parameter objects, a
+        reassigned weight or buffer is noticed here).
+        """
+        cached = self._cache
+        if cached is not None and cached[0] is model and all(d.get(n) is t for d, n, t in cached[3]):
+            return cached[1], cached[2]
+        averaged, copied, slots = self._split(model)
         if len(averaged) != len(self._averaged) or len(copied) != len(self._copied):
             raise ValueError(
                 f"model has {len(averaged)}+{len(copied)} tensors but the average holds "
                 f"{len(self._averaged)}+{len(self._copied)}: update with the model it was made from"
             )
-        if not self._checked:  # shapes once; the per-step path stays a single foreach call
-            for mine, theirs in zip(self._averaged + self._copied, averaged + copied):
-                if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
-                    raise ValueError(f"tensor {tuple(theirs.shape)} {theirs.dtype} does not match the average's {tuple(mine.shape)} {mine.dtype}")
-            self._checked = True
+        for mine, theirs in zip(self._averaged + self._copied, averaged + copied):
+            if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
+                raise ValueError(f"tensor {tuple(theirs.shape)} {theirs.dtype} does not match the average's {tuple(mine.shape)} {mine.dtype}")
+        self._cache = (model, averaged, copied, slots)
         return averaged, copied
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -205,7 +233,7 @@ class EMA(_Averaged):
         if self.calls % self.every:
             return
         averaged, copied = self._current(model)
-        ema_update_(self._averaged, averaged, self.current_decay)
+        _lerp_(self._averaged, averaged, 1.0 - self.current_decay)  # = ema_update_, already under no_grad
         _copy_(self._copied, copied)
         self.updates += 1
 
