@@ -12,7 +12,7 @@ from torch import nn
 
 from ensemblekit.data import Batches
 from ensemblekit.occlusion import (
-    Cutout, CutoutDraw, ErasingDraw, RandomErasing, cutout, draw_cutout, draw_erasing, occluder_corners,
+    Cutout, CutoutDraw, ErasingDraw, RandomErasing, box_mask, cutout, draw_cutout, draw_erasing, occluder_corners,
     occlusion_robustness, occlusion_sensitivity, random_erasing, scaled_sides,
 )
 
@@ -58,6 +58,27 @@ def erasing_reference(image, apply, area_u, ratio_u, top_u, left_u, scale, ratio
             out[:, y_e : y_e + h_e, x_e : x_e + w_e] = fill_values[:, y_e : y_e + h_e, x_e : x_e + w_e]
             return out
     return out
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("height, width", [(5, 9), (32, 32), (70, 40)], ids=["small", "table", "compare"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_box_mask_equals_a_plain_loop_for_any_boxes(height, width, dtype):
+    """Lookup-table (sides <= 64) and compare paths alike, boxes reaching outside the image or empty."""
+    g = gen(3)
+    top, bottom = torch.randint(-5, height + 5, (2, 40), generator=g)
+    left, right = torch.randint(-5, width + 5, (2, 40), generator=g)
+    mask = box_mask(top, left, bottom, right, height, width, dtype=dtype)
+    assert mask.shape == (40, height, width) and mask.dtype == dtype
+    for i in range(40):
+        expected = torch.zeros(height, width, dtype=dtype)
+        t, l = max(int(top[i]), 0), max(int(left[i]), 0)
+        expected[t : max(int(bottom[i]), t), l : max(int(right[i]), l)] = 1
+        assert torch.equal(mask[i], expected), i
+    two_d = box_mask(top.view(4, 10), left.view(4, 10), bottom.view(4, 10), right.view(4, 10), height, width)
+    assert torch.equal(two_d.view(40, height, width), box_mask(top, left, bottom, right, height, width))
 
 
 # ----------------------------------------------------------------------------- identity at p = 0

@@ -36,6 +36,7 @@ convolutional networks", Sec. 4.2).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -125,20 +126,46 @@ def _draw_device(x_device: torch.device, generator: torch.Generator | None) -> t
 # ----------------------------------------------------------------------------- masks
 
 
+TABLE_MAX_SIDE = 64  # sides up to this use a lookup table of intervals: (65 * 65, 64) floats, 1 MB
+
+
+@functools.lru_cache(maxsize=32)
+def _interval_table(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """((n + 1)^2, n): row ``a * (n + 1) + b`` is the 0/1 indicator of [a, b) on 0 .. n - 1."""
+    line = torch.arange(n, device=device)
+    ends = torch.arange(n + 1, device=device)
+    inside = (line >= ends[:, None, None]) & (line < ends[None, :, None])  # (n + 1, n + 1, n)
+    return inside.to(dtype).view((n + 1) * (n + 1), n)
+
+
+def _interval(start: Tensor, stop: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """(..., n) indicators of [start, stop) on 0 .. n - 1, for integer tensors of any shape (...,)."""
+    if n <= TABLE_MAX_SIDE and dtype.is_floating_point:
+        # a row lookup: for a batch of a few hundred, each broadcast compare costs more than this
+        start, stop = start.clamp(0, n), stop.clamp(0, n)  # [start, stop) clipped to the image
+        return _interval_table(n, start.device, dtype)[start * (n + 1) + stop]
+    line = torch.arange(n, device=start.device)
+    return ((line >= start[..., None]) & (line < stop[..., None])).to(dtype)
+
+
 def box_mask(
     top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, height: int, width: int, *, dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(..., H, W) mask, 1 on rows [top, bottom) and columns [left, right) of each box, else 0.
 
     Boxes are integer tensors of any common shape (...,); the mask is the outer product of a row
-    test (..., H) and a column test (..., W), so it costs one multiply per pixel and no loop. A
-    float mask because it is also the weight of `torch.lerp` (faster than a bool ``where``).
+    indicator (..., H) and a column indicator (..., W), so it costs one multiply per pixel and no
+    loop. A float mask because it is also the weight of `torch.lerp` (faster than a bool ``where``).
     """
-    rows = torch.arange(height, device=top.device)
-    cols = torch.arange(width, device=top.device)
-    in_rows = ((rows >= top[..., None]) & (rows < bottom[..., None])).to(dtype)  # (..., H)
-    in_cols = ((cols >= left[..., None]) & (cols < right[..., None])).to(dtype)  # (..., W)
-    return in_rows[..., :, None] * in_cols[..., None, :]  # (..., H, W)
+    in_rows = _interval(top, bottom, height, dtype)  # (..., H)
+    in_cols = _interval(left, right, width, dtype)  # (..., W)
+    if not dtype.is_floating_point:
+        return in_rows[..., :, None] & in_cols[..., None, :]
+    lead = in_rows.shape[:-1]
+    # the outer product as a batched matmul with inner size 1: on CPU 2-3x faster than the
+    # broadcast multiply it equals (exact: every product is 0 * 0, 0 * 1 or 1 * 1)
+    outer = torch.bmm(in_rows.reshape(-1, height, 1), in_cols.reshape(-1, 1, width))  # (N, H, W)
+    return outer.view(*lead, height, width)  # (..., H, W)
 
 
 def _fill(x: Tensor, mask: Tensor, fill: Tensor | float, inplace: bool = False) -> Tensor:
