@@ -94,6 +94,10 @@ def test_own_orders_really_differ_and_the_loss_counts_each_member(digits):
     assert torch.allclose(wide_loss()(wide(x), y), expected, atol=1e-6)
     with pytest.raises(ValueError, match="stream 1"):
         MemberBatches([batches, batches.with_options(indices=torch.arange(32))])
+    # moving the streams (fit does, to the model's device) keeps one shared copy of the images
+    moved = MemberBatches(streams).with_options(batch_size=16)
+    assert all(s.images is moved.streams[0].images for s in moved.streams)
+    assert [s.seed for s in moved.streams] == seeds and moved.batch_size == 16
 
 
 def test_dropout_masks_are_independent_per_member():

@@ -18,10 +18,9 @@ combination rule:
 
 Training K members (`train_members`) goes through the one loop, `train.fit`: member i's initial
 weights, dropout masks and (with ``shared_order=False`` or ``bootstrap=True``) its data follow
-``member_seed(seed, i)`` alone, so member i can be retrained on its own. With a shared batch order,
-MLP members can instead train as one wide network (`ensemblekit.vectorized`), with a shared
-order or each with its own; ``vectorize="auto"`` picks whichever `bench/bench_ensemble.py`
-measured to be faster.
+``member_seed(seed, i)`` alone, so member i can be retrained on its own. MLP members can instead
+train as one wide network (`ensemblekit.vectorized`), sharing the batch order or each with its
+own; ``vectorize="auto"`` picks whichever `bench/bench_ensemble.py` measured to be faster.
 """
 
 from __future__ import annotations
@@ -289,8 +288,7 @@ def train_members(
     Member i starts from ``build_model(config, seed=member_seed(seed, i))`` (``seed`` defaults to
     ``recipe.seed``), so no two members share initial weights; its dropout masks follow the same
     seed. Data order: with ``shared_order`` (default) every member sees the batches in the order
-    seeded by ``seed`` (the wide path's first layer is then one GEMM over the shared batch); otherwise
-    each member shuffles with its own seed. ``bootstrap=True`` trains each member on its own
+    seeded by ``seed``; otherwise each member shuffles with its own seed. ``bootstrap=True`` trains each member on its own
     resample with replacement of the training set (bagging, Breiman 1996), which also implies its
     own order. ``validate(model)`` is recorded per epoch for members trained one by one.
     ``on_member_end(i, model, history)`` is called as each member finishes (all at the end when
@@ -319,7 +317,7 @@ def train_members(
         from .vectorized import MemberBatches, train_vectorized
 
         if shared_order and not bootstrap:
-            wide_batches = batches  # one order: the first layer is one GEMM over the shared batch
+            wide_batches = batches  # one order: every member reads the same batch
         else:  # each member's own stream, exactly as it would train alone
             streams = []
             for s in seeds:

@@ -1,11 +1,12 @@
 """K MLPs trained as one wide network: the vectorised path of `ensemble.train_members`.
 
-When all members see the same batch, K separate forward/backward passes of small matrices can
-become one pass of bigger ones:
-
-- every layer's K weight matrices are stacked to (K, in, out) and applied with one batched
-  matmul (``torch.baddbmm``) over (K, B, in) activations; when all members read the same batch,
-  it is expanded to K without a copy.
+K separate forward/backward passes of small matrices become one pass of batched ones: every
+layer's K weight matrices are stacked to (K, in, out) and applied with one batched matmul
+(``torch.baddbmm``) over (K, B, in) activations. When all members read the same batch it is
+expanded to K without a copy; with `MemberBatches` (each member's own order, or its own bootstrap
+resample) the input is (K, B, C, H, W), one batch per member. Same FLOPs either way; own orders
+keep the diversity they give (with a constant lr and a shared order, 5 Fashion-MNIST members end
+up nearly identical and their ensemble gains little, see docs/ensembles.md).
 
 Training uses the same `train.fit` as one-by-one training. The loss is the SUM over members of
 their cross-entropies, so member k's parameters receive exactly the gradient of its own loss
@@ -13,11 +14,6 @@ their cross-entropies, so member k's parameters receive exactly the gradient of 
 element by element, so one optimiser over the stacked tensors takes exactly the steps K separate
 optimisers would. Dropout masks are drawn for the (K, B, h) activations, so they are independent
 across members. Afterwards `WideMLP.to_members` unstacks the weights into K ordinary `MLP`s.
-
-Members need not share the batch order: with `MemberBatches` (each member's own order, or its
-own bootstrap resample) the input is (K, B, C, H, W), one batch per member. Same FLOPs; it keeps the diversity that independent orders give (with a constant lr
-and a shared order, 5 Fashion-MNIST members end up nearly identical and their ensemble gains
-little, see docs/ensembles.md).
 
 Same batches and seeds give the same members as one-by-one training up to float summation
 order (tests check 1e-4 after 20 steps). Dropout masks come from one stream for all members
@@ -154,12 +150,22 @@ class MemberBatches:
     def __len__(self) -> int:
         return len(self.streams[0])
 
+    def _one_dataset(self) -> bool:
+        """All streams read the same images with the same transform (they differ by order or resample)."""
+        first = self.streams[0]
+        return all(s.images is first.images and s.transform is first.transform for s in self.streams)
+
     def with_options(self, **changes: Any) -> "MemberBatches":
-        return MemberBatches([stream.with_options(**changes) for stream in self.streams])
+        if not self._one_dataset():
+            return MemberBatches([stream.with_options(**changes) for stream in self.streams])
+        # one dataset: move it (to another device, say) once and let every stream share the copy
+        first = self.streams[0].with_options(**changes)
+        own = lambda s: {"seed": s.seed, "indices": s.indices, **changes}  # what sets streams apart, then the changes
+        return MemberBatches([first] + [first.with_options(**own(s)) for s in self.streams[1:]])
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         first = self.streams[0]
-        if not all(s.images is first.images and s.transform is first.transform for s in self.streams):
+        if not self._one_dataset():
             for pairs in zip(*(stream.epoch(epoch) for stream in self.streams)):  # unrelated streams
                 inputs, targets = zip(*pairs)
                 yield torch.stack(inputs), torch.stack(targets)  # (K, B, C, H, W), (K, B)
