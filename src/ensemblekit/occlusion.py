@@ -335,6 +335,12 @@ def random_erasing(
     return _erase(x, boxes[:4], fill=fill, value=value, mean=mean, noise=draw.noise, inplace=inplace)
 
 
+def _erased_count(boxes: Sequence[Tensor], channels: int) -> int:
+    """How many elements the (top, left, bottom, right) boxes, each inside its image, cover."""
+    top, left, bottom, right = boxes
+    return channels * int(((bottom - top) * (right - left)).sum())
+
+
 def _erase(
     x: Tensor, boxes: Sequence[Tensor], *, fill: str, value: float, mean: Sequence[float] | Tensor | None,
     noise: Tensor | None, inplace: bool,
@@ -345,8 +351,7 @@ def _erase(
     if fill == "noise":
         if noise is not None and noise.shape == x.shape:
             return _fill(x, mask, noise, inplace)
-        top, left, bottom, right = boxes
-        erased = c * int(((bottom - top) * (right - left)).sum())
+        erased = _erased_count(boxes, c)
         if noise is None or noise.shape != (erased,):
             got = None if noise is None else tuple(noise.shape)
             raise ValueError(f"fill='noise' needs draw.noise of shape {tuple(x.shape)} or ({erased},), got {got}")
@@ -395,7 +400,7 @@ class RandomErasing:
         noise = None
         if self.fill == "noise":
             # noise only for the erased pixels: ~1/10 of a full (B, C, H, W) draw at the defaults
-            count = x.shape[1] * int(((bottom - top) * (right - left)).sum())
+            count = _erased_count((top, left, bottom, right), x.shape[1])
             noise = torch.randn(count, generator=self.generator, device=_draw_device(x.device, self.generator))
         return _erase(x, (top, left, bottom, right), fill=self.fill, value=self.value, mean=self.mean,
                       noise=noise, inplace=self.inplace)
