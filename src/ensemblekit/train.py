@@ -220,6 +220,8 @@ def fit(
     # bf16: matmuls and convolutions run in bfloat16 (AMX / tensor cores), weights and the
     # optimiser stay fp32, so no loss scaling is needed (bf16 has fp32's exponent range)
     autocast_on = recipe.precision == "bf16"
+    if autocast_on and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision='bf16': {torch.cuda.get_device_name(device)} has no bfloat16 support; use precision='fp32'")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_on)
     torch.manual_seed(recipe.seed)  # dropout masks and other in-model noise follow the seed
     started = time.perf_counter()
