@@ -9,6 +9,11 @@ and `RandomErasing` on the whole batch.
 
 Run: ``python bench/bench_occlusion.py [--runs 30] [--threads 1] [--clock cpu|wall]``. Prints an evidence header (machine, torch,
 threads, load, runs), the median time of each, and the ratio peer / ours; the target is >= 20x.
+
+Evidence (idle 2-core Xeon, torch 2.13.0 CPU, wall clock, 30 runs, in-place ratios at 1 / 2
+threads): cutout 1x28x28 35.5x / 55x, 3x32x32 19.3x / 29x; random erasing value 0 1x28x28
+18.9x / 23.3x, 3x32x32 11.9x / 15.3x; noise fill 12.7x / 14.4x and 6.7x / 6.8x. Not met for
+erasing on 3x32x32 and the noise fill; docs/occlusion.md says where the time goes.
 """
 
 from __future__ import annotations
