@@ -11,7 +11,7 @@ from .. import __version__
 from ..data import Splits, load
 from ..models import build_model
 from ..report import DEFAULT_METRICS, print_table, write_html, write_json
-from ..train import Recipe, evaluate_model
+from ..train import PRECISIONS, Recipe, evaluate_model
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -48,7 +48,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: Recipe | Non
     group.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"default {d.label_smoothing}")
     group.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default auto)")
-    group.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision,
+    group.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                        help="bf16: bfloat16 autocast for the forward pass, ~2x faster on CPUs with AMX "
                             f"and on recent GPUs (default {d.precision})")
 
