@@ -146,6 +146,14 @@ def test_parse_idx_on_random_bytes_raises_only_data_error(raw):
     assert 4 + 4 * array.ndim + array.nbytes == len(raw)
 
 
+def test_parse_idx_zero_dim_beside_huge_dims_is_a_data_error():
+    """Found by the fuzz test: the product is 0, so the size checks pass, but numpy refuses the shape."""
+    dims = [0, 0, 2, 2, 3, 3, 3, 4, 407, 91963, 0x22000000]  # nonzero product ~2e18 * 4 bytes: too big
+    raw = bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    with pytest.raises(DataError, match="do not describe an array"):
+        data.parse_idx(raw, "fuzz")
+
+
 _VALID_GZ = gzip.compress(idx_bytes(np.arange(300, dtype=np.uint8).reshape(3, 10, 10)), mtime=0)
 # a valid .gz with a few bytes overwritten and possibly cut short: damage past the gzip header
 _damaged_gz = st.builds(

@@ -352,7 +352,11 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: truncated, {len(raw)} bytes but dims {list(dims)} need {expected}")
     if len(raw) > expected:
         raise DataError(f"{name}: {len(raw) - expected} unexpected trailing bytes after dims {list(dims)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    try:
+        flat = np.frombuffer(raw, dtype=dtype, offset=header)
+        return flat.reshape(dims).astype(dtype.newbyteorder("="))
+    except ValueError as exc:  # e.g. a zero dim beside dims whose product numpy cannot represent
+        raise DataError(f"{name}: dims {list(dims)} do not describe an array ({exc})") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
