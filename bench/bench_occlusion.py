@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ensemblekit.occlusion import Cutout, RandomErasing
-from evidence import CLOCKS as ALL_CLOCKS, header, median_seconds
+from evidence import CLOCKS as ALL_CLOCKS, header, interleaved_medians
 
 
 # ----------------------------------------------------------------------------- the per-image peers
@@ -113,14 +113,9 @@ def per_image(transform):
 CLOCKS = {"cpu": ALL_CLOCKS["process-cpu"], "wall": ALL_CLOCKS["wall"]}
 
 
-def median_per_batch(fn, x, runs: int, clock) -> float:
-    """Median time of ``fn(x)`` over ``runs`` runs after 3 warm-up runs."""
-    return median_seconds(lambda: fn(x), runs, warmup=3, clock=clock)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per case (median reported)")
+    parser.add_argument("--runs", type=int, default=60, help="timed runs per case (median reported)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: the peer is single-threaded, as in a DataLoader "
                         "worker, and on a busy machine a second thread mostly waits for a core)")
@@ -135,7 +130,8 @@ def main() -> None:
         "bench_occlusion: batched cutout / random erasing vs a per-image loop",
         args.runs,
         "process CPU time (shared machine)" if args.clock == "cpu" else "wall time",
-        [f"{platform.system()} {platform.release()}; device cpu; 3 warm-up runs per case; time per batch",
+        [f"{platform.system()} {platform.release()}; device cpu; time per batch; peer and ours timed in "
+         "alternating blocks of 5 runs, each after 2 untimed runs (a shared machine's swings hit both alike)",
          "peer: a Python loop over the batch applying the per-image transform (torchvision / DeVries)"],
     ))
     print()
@@ -153,9 +149,9 @@ def main() -> None:
              lambda **kw: RandomErasing(p=0.5, scale=(0.02, 0.33), fill="noise", **kw)),
         ]
         for name, loop, make in cases:
-            t_loop = median_per_batch(loop, x, args.runs, clock)
-            t_copy = median_per_batch(make(), x, args.runs, clock)
-            t_inplace = median_per_batch(make(inplace=True), x.clone(), args.runs, clock)
+            copy, inplace, x_inplace = make(), make(inplace=True), x.clone()
+            t_loop, t_copy, t_inplace = interleaved_medians(
+                [lambda: loop(x), lambda: copy(x), lambda: inplace(x_inplace)], args.runs, warmup=2, clock=clock)
             ratios.append(t_loop / t_inplace)
             label = f"{batch}x{'x'.join(map(str, shape))} {name}"
             print(f"{label:<58} {1e3 * t_loop:>12.2f} ms {1e3 * t_copy:>7.2f} ms {t_loop / t_copy:>6.1f}x "

@@ -12,11 +12,11 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["CLOCKS", "cpu_model", "load_average", "header", "median_seconds"]
+__all__ = ["CLOCKS", "cpu_model", "load_average", "header", "median_seconds", "interleaved_medians"]
 
 # Named clocks for a ``--clock`` option. CPU time leaves out the time the scheduler gives to other
 # processes, so it is the steadier choice on a shared machine; thread CPU time counts only this
@@ -89,3 +89,33 @@ def median_seconds(
             fn()
         times.append((clock() - start) / repeat)
     return statistics.median(times)
+
+
+def interleaved_medians(
+    fns: Sequence[Callable[[], object]],
+    runs: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+    block: int = 5,
+) -> list[float]:
+    """Median time of one call of each of ``fns``, timed in alternating blocks of ``block`` runs.
+
+    Alternating puts every function under the same conditions, so a ratio of the medians holds when
+    a shared machine speeds up or slows down during the benchmark, which timing all of one
+    function's runs before the next does not. Each block starts with ``warmup`` untimed calls, so
+    each function is timed in its steady state (warm caches and allocator), not in the state the
+    other function left behind.
+    """
+    if runs < 1 or warmup < 0 or block < 1 or not fns:
+        raise ValueError(f"need runs >= 1, warmup >= 0, block >= 1 and at least one function; got runs={runs}, "
+                         f"warmup={warmup}, block={block}, {len(fns)} functions")
+    times: list[list[float]] = [[] for _ in fns]
+    while len(times[0]) < runs:
+        for fn, spent in zip(fns, times):
+            for _ in range(warmup):
+                fn()
+            for _ in range(min(block, runs - len(spent))):
+                start = clock()
+                fn()
+                spent.append(clock() - start)
+    return [statistics.median(spent) for spent in times]

@@ -10,18 +10,21 @@ of it -- dropout applied to the input, in contiguous blocks rather than independ
   the image side for CIFAR-10 (16 of 32 px). One difference from the reference code: it cuts
   ``[c - size//2, c + size//2)``, so an odd size gives an even side; here the side is exactly
   ``size`` (``[c - size//2, c - size//2 + size)``).
-* **Random erasing** (Zhong et al. 2017, AAAI 2020, arXiv:1708.04896), Algorithm 1: with
-  probability ``p``, draw an area fraction ``s ~ U(scale)`` and an aspect ratio ``r`` (log-uniform
-  on ``ratio``, as timm and torchvision do; the paper draws it uniformly on ``(r1, 1/r1)``), giving
-  a rectangle ``h = round(sqrt(s*H*W*r))``, ``w = round(sqrt(s*H*W/r))``; draw a top-left corner
-  uniformly over the image and keep the rectangle only if it fits inside, else try again. The paper
-  retries until it fits; here each image gets ``attempts`` tries (default 10, as torchvision) and
-  stays untouched if none fits. Fill: ``"constant"`` (``value``), ``"noise"`` (per-pixel N(0, 1),
-  the normalised analogue of the paper's uniform [0, 255]) or ``"mean"`` (the dataset mean,
-  which is 0 on normalised inputs; pass ``mean=`` per channel for raw inputs).
+* **Random erasing** (Zhong et al. 2017, AAAI 2020, arXiv:1708.04896), as in the authors' released
+  code (and torchvision, timm): with probability ``p``, draw an area fraction ``s ~ U(scale)`` and
+  an aspect ratio ``r`` (log-uniform on ``ratio``, as timm and torchvision do; the authors draw it
+  uniformly on ``(r1, 1/r1)``), giving a rectangle ``h = round(sqrt(s*H*W*r))``,
+  ``w = round(sqrt(s*H*W/r))``; keep it if ``h < H`` and ``w < W``, else try again; then draw its
+  top-left corner uniformly over the positions where it fits. (The paper's Algorithm 1 draws the
+  corner over the whole image and retries when the rectangle sticks out, which favours small
+  rectangles; its code does not.) The authors retry up to 100 times; here each image gets
+  ``attempts`` tries (default 10, as torchvision) and stays untouched if none fits. Fill:
+  ``"constant"`` (``value``), ``"noise"`` (per-pixel N(0, 1), the normalised analogue of the
+  paper's uniform [0, 255]) or ``"mean"`` (the dataset mean, which is 0 on normalised inputs;
+  pass ``mean=`` per channel for raw inputs).
 
-Each image gets its own draw, and masks are built by broadcasting row and column coordinates
-against per-image boxes (``(B, H) & (B, W) -> (B, H, W)``), never by a loop over images. The
+Each image gets its own draw, and masks are built by broadcasting per-image row and column
+indicators of the boxes (``(B, H) x (B, W) -> (B, H, W)``), never by a loop over images. The
 functional core (`cutout`, `random_erasing`) takes its random numbers explicitly (`CutoutDraw`,
 `ErasingDraw`), so tests can feed the same numbers to a per-image reference; `Cutout` and
 `RandomErasing` are the callable wrappers that draw them, for ``Batches(transform=...)`` or any
@@ -148,6 +151,13 @@ def _interval(start: Tensor, stop: Tensor, n: int, dtype: torch.dtype) -> Tensor
     return ((line >= start[..., None]) & (line < stop[..., None])).to(dtype)
 
 
+def _box_indicators(
+    top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, height: int, width: int, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Row (..., H) and column (..., W) indicators of boxes [top, bottom) x [left, right), clipped."""
+    return _interval(top, bottom, height, dtype), _interval(left, right, width, dtype)
+
+
 def box_mask(
     top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, height: int, width: int, *, dtype: torch.dtype = torch.float32,
 ) -> Tensor:
@@ -155,30 +165,37 @@ def box_mask(
 
     Boxes are integer tensors of any common shape (...,); the mask is the outer product of a row
     indicator (..., H) and a column indicator (..., W), so it costs one multiply per pixel and no
-    loop. A float mask because it is also the weight of `torch.lerp` (faster than a bool ``where``).
+    loop. A float mask by default because it is also the weight of `torch.lerp`.
     """
-    in_rows = _interval(top, bottom, height, dtype)  # (..., H)
-    in_cols = _interval(left, right, width, dtype)  # (..., W)
+    in_rows, in_cols = _box_indicators(top, left, bottom, right, height, width, dtype)
     if not dtype.is_floating_point:
         return in_rows[..., :, None] & in_cols[..., None, :]
-    lead = in_rows.shape[:-1]
-    # the outer product as a batched matmul with inner size 1: on CPU 2-3x faster than the
-    # broadcast multiply it equals (exact: every product is 0 * 0, 0 * 1 or 1 * 1)
-    outer = torch.bmm(in_rows.reshape(-1, height, 1), in_cols.reshape(-1, 1, width))  # (N, H, W)
-    return outer.view(*lead, height, width)  # (..., H, W)
+    return in_rows[..., :, None] * in_cols[..., None, :]  # (..., H, W)
 
 
-def _fill(x: Tensor, mask: Tensor, fill: Tensor | float, inplace: bool = False) -> Tensor:
-    """``x`` with pixels where ``mask`` (B, H, W) is 1 set to ``fill`` (scalar, (C, 1, 1) or x-shaped)."""
-    if not isinstance(fill, Tensor):
-        fill = torch.tensor(fill)
-    fill = fill.to(device=x.device, dtype=x.dtype)
+def _fill_boxes(x: Tensor, in_rows: Tensor, in_cols: Tensor, fill: Tensor | float, inplace: bool = False) -> Tensor:
+    """``x`` (B, C, H, W) with its boxes set to ``fill`` (scalar, (C, 1, 1) or x-shaped): a copy, or
+    ``x`` itself changed if ``inplace``.
+
+    The boxes are given by float 0/1 indicators of their rows (B, K, H) and columns (B, K, W),
+    K boxes per image. One pass over the batch: a multiply by the kept pixels for a zero fill (the
+    usual one: 0 is the mean of normalised inputs), else a `torch.lerp` towards the fill.
+    """
+    if isinstance(fill, (int, float)) and fill == 0 and x.is_floating_point():
+        # kept = 1 - rows * cols = max(1 - rows, 1 - cols) for 0/1 values: one broadcast op
+        kept = torch.maximum(1 - in_rows[:, :, :, None], 1 - in_cols[:, :, None, :])  # (B, K, H, W)
+        kept = kept[:, 0] if kept.shape[1] == 1 else kept.amin(dim=1)  # (B, H, W)
+        # x * 1 = x and x * 0 = 0 exactly (a negative x gives -0.0, which equals 0.0)
+        return x.mul_(kept[:, None]) if inplace else x * kept[:, None]
+    mask = in_rows[:, :, :, None] * in_cols[:, :, None, :]  # (B, K, H, W)
+    mask = mask[:, 0, None] if mask.shape[1] == 1 else mask.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    fill = torch.as_tensor(fill).to(device=x.device, dtype=x.dtype)
     if not x.is_floating_point():
-        return x.masked_fill_(mask[:, None].bool(), fill) if inplace else torch.where(mask[:, None].bool(), fill, x)
+        filled = torch.where(mask.bool(), fill, x)  # e.g. uint8 images, fill per channel (C, 1, 1)
+        return x.copy_(filled) if inplace else filled
     # lerp with a 0/1 weight is exact: weight 0 returns x, weight 1 returns fill (torch computes
-    # end - (end - start) * (1 - weight) for weights >= 0.5); one fused pass over the batch
-    weight = mask[:, None].to(x.dtype)  # (B, 1, H, W)
-    return x.lerp_(fill, weight) if inplace else torch.lerp(x, fill, weight)
+    # end - (end - start) * (1 - weight) for weights >= 0.5)
+    return x.lerp_(fill, mask) if inplace else torch.lerp(x, fill, mask)
 
 
 # ----------------------------------------------------------------------------- cutout
@@ -224,9 +241,9 @@ def cutout(x: Tensor, draw: CutoutDraw, *, size: int, fill: float = 0.0, inplace
         )
     top, left, bottom, right = cutout_boxes(draw.centres, size, h, w)
     bottom = torch.where(draw.apply[:, None], bottom, top)  # images left alone get empty boxes
-    holes = box_mask(top, left, bottom, right, h, w)  # (B, holes, H, W)
-    mask = holes[:, 0] if holes.shape[1] == 1 else holes.amax(dim=1)  # (B, H, W)
-    return _fill(x, mask, fill, inplace)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    in_rows, in_cols = _box_indicators(top, left, bottom, right, h, w, dtype)  # (B, holes, H), (B, holes, W)
+    return _fill_boxes(x, in_rows, in_cols, fill, inplace)
 
 
 class Cutout:
@@ -266,13 +283,14 @@ class Cutout:
 
 @dataclass(frozen=True)
 class ErasingDraw:
-    """The random numbers of one random-erasing call, all U(0, 1); ``attempts`` tries per image."""
+    """The random numbers of one random-erasing call, U(0, 1) but ``noise``; ``attempts`` tries per image."""
 
     apply: Tensor  # (B,) bool: image b is erased (drawn as U(0, 1) < p)
-    area: Tensor  # (B, attempts): position of the area fraction within ``scale``
-    log_ratio: Tensor  # (B, attempts): position of log(aspect ratio) within log(``ratio``)
-    top: Tensor  # (B, attempts): top row = floor(top * H)
-    left: Tensor  # (B, attempts): left column = floor(left * W)
+    # (2, B, attempts): the positions of the area fraction within ``scale`` and of log(aspect ratio)
+    # within log(``ratio``), one pair per attempt
+    area_ratio: Tensor
+    # (2, B): where the chosen h x w rectangle goes, top = floor(u * (H - h + 1)), left likewise
+    corner: Tensor
     # fill="noise": N(0, 1) values, either (B, C, H, W) (one per pixel, most read nowhere) or 1-D with
     # one value per erased element, in the order of x[mask] (what `RandomErasing` draws: less work)
     noise: Tensor | None = None
@@ -285,13 +303,57 @@ def draw_erasing(
     """Draw random erasing's numbers for ``batch`` images; ``noise_shape`` (B, C, H, W) adds noise."""
     device = torch.device(device)
     draw_on = _draw_device(device, generator)
-    apply = torch.rand(batch, generator=generator, device=draw_on) < p
-    # float64: the rounding of h and w must not depend on float32 noise
-    uniforms = torch.rand(4, batch, attempts, generator=generator, device=draw_on, dtype=torch.float64).to(device)
+    # one call for all of them: at a batch of 256 the generator's per-call cost is a third of the
+    # draw. float32 is exact once widened to the float64 that `erasing_boxes` computes in.
+    u = torch.rand(batch * (2 * attempts + 3), generator=generator, device=draw_on).to(device)
+    apply = u[:batch] < p
+    corner = u[batch : 3 * batch].view(2, batch)
+    area_ratio = u[3 * batch :].view(2, batch, attempts)
     noise = None
     if noise_shape is not None:
         noise = torch.randn(tuple(noise_shape), generator=generator, device=draw_on).to(device)
-    return ErasingDraw(apply.to(device), uniforms[0], uniforms[1], uniforms[2], uniforms[3], noise)
+    return ErasingDraw(apply, area_ratio, corner, noise)
+
+
+@functools.lru_cache(maxsize=64)
+def _erasing_constants(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """float64 constants of `_first_fitting_box`: slope and offset (2, 1, 1) mapping the uniforms to
+    (area, log(r) / 2), the signs (2, 1, 1) of log(r) / 2 in h and w, the image sizes (2, 1, 1) and
+    the sizes + 1 (2, 1)."""
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    pixels = height * width
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float64, device=device)
+    slope = as_tensor([pixels * (scale[1] - scale[0]), (log_hi - log_lo) / 2]).view(2, 1, 1)
+    offset = as_tensor([pixels * scale[0], log_lo / 2]).view(2, 1, 1)
+    sizes = as_tensor([float(height), float(width)]).view(2, 1, 1)
+    return slope, offset, as_tensor([1.0, -1.0]).view(2, 1, 1), sizes, (sizes + 1).view(2, 1)
+
+
+def _first_fitting_box(
+    draw: ErasingDraw, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+) -> Tensor:
+    """(4, B) long: top, left, height, width of each image's rectangle; all 0 where no attempt fit
+    or the image was not chosen.
+
+    All attempts are evaluated at once. h = round(sqrt(area * r)) and w = round(sqrt(area / r)) are
+    computed as round(sqrt(area) * exp(+-log(r) / 2)), stacked, so each step is one op on (2, B, T):
+    at a batch of a few hundred the cost is the number of ops, not their size.
+    """
+    slope, offset, signs, sizes, sizes_plus_one = _erasing_constants(height, width, scale, ratio, draw.apply.device)
+    # float64 (from the constants' dtype), so that the rounding is the reference's
+    area_half_log = torch.addcmul(offset, draw.area_ratio, slope)  # (2, B, T): area, log(r) / 2
+    extent = (area_half_log[1] * signs).exp_().mul_(area_half_log[0].sqrt_()).round_()  # (2, B, T): h, w
+    fits = extent < sizes  # (2, B, T); strictly, as the authors' code and torchvision
+    if height * width * scale[0] * min(ratio[0], 1 / ratio[1]) < 0.3:
+        fits.logical_and_(extent >= 1)  # a side can round to 0 only for areas this small
+    fits = fits[0].logical_and_(fits[1])  # (B, T); cheaper than a reduction over dim 0
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # (B, 1): argmax returns the first 1
+    erased = fits.gather(1, first).squeeze(1).logical_and_(draw.apply)  # (B,)
+    extent = extent.gather(2, first[None].expand(2, -1, 1)).squeeze(2)  # (2, B): h, w
+    corner = (sizes_plus_one - extent).mul_(draw.corner).floor_()  # (2, B): uniform over where it fits
+    return torch.cat([corner, extent]).long().mul_(erased)
 
 
 def erasing_boxes(
@@ -299,23 +361,11 @@ def erasing_boxes(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(top, left, bottom, right, erased), each (B,): the first attempt that fits, per image.
 
-    All attempts are evaluated at once; ``erased`` is False where the image was not chosen (``p``)
-    or no attempt fit (its box is then empty).
+    ``erased`` is False where the image was not chosen (``p``) or no attempt fit (its box is then
+    empty, at (0, 0)).
     """
-    u = [t.double() for t in (draw.area, draw.log_ratio, draw.top, draw.left)]  # no copy if float64 already
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])  # (B, T) pixels
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])  # (B, T) = h / w
-    h = torch.round(torch.sqrt(area * aspect))
-    w = torch.round(torch.sqrt(area / aspect))
-    top = torch.floor(u[2] * height)
-    left = torch.floor(u[3] * width)
-    fits = (h >= 1) & (w >= 1) & (top + h <= height) & (left + w <= width)  # (B, T)
-    first = fits.int().argmax(dim=1)  # (B,): argmax returns the first True
-    erased = fits.any(dim=1) & draw.apply
-    boxes = torch.stack([top, left, h, w])  # (4, B, T)
-    top, left, h, w = (boxes.gather(2, first.view(1, -1, 1).expand(4, -1, 1)).squeeze(2).long() * erased).unbind(0)
-    return top, left, top + h, left + w, erased  # not erased: an empty box at (0, 0)
+    top, left, h, w = _first_fitting_box(draw, height, width, scale, ratio)
+    return top, left, top + h, left + w, h > 0
 
 
 def random_erasing(
@@ -329,40 +379,59 @@ def random_erasing(
     ratio = _check_range("ratio", ratio, 0.0, math.inf, closed_low=False)
     if fill not in ERASING_FILLS:
         raise ValueError(f"fill={fill!r}: choose one of {', '.join(ERASING_FILLS)}")
-    if draw.apply.shape != (b,) or draw.area.shape[0] != b:
-        raise ValueError(f"draw for {draw.apply.shape[0]} images does not match a batch of {b}")
-    boxes = erasing_boxes(draw, h, w, scale=scale, ratio=ratio)
-    return _erase(x, boxes[:4], fill=fill, value=value, mean=mean, noise=draw.noise, inplace=inplace)
+    if (draw.apply.shape != (b,) or draw.corner.shape != (2, b) or draw.area_ratio.ndim != 3
+            or draw.area_ratio.shape[:2] != (2, b)):
+        raise ValueError(
+            f"draw shapes apply {tuple(draw.apply.shape)} / corner {tuple(draw.corner.shape)} / area_ratio "
+            f"{tuple(draw.area_ratio.shape)} do not match a batch of {b}; expected ({b},), (2, {b}), (2, {b}, attempts)"
+        )
+    box = _first_fitting_box(draw, h, w, scale, ratio)
+    return _erase(x, box, fill=fill, value=value, mean=mean, noise=draw.noise, inplace=inplace)
 
 
-def _erased_count(boxes: Sequence[Tensor], channels: int) -> int:
-    """How many elements the (top, left, bottom, right) boxes, each inside its image, cover."""
-    top, left, bottom, right = boxes
-    return channels * int(((bottom - top) * (right - left)).sum())
+def _erased_count(box: Tensor, channels: int) -> int:
+    """How many elements the (4, B) boxes (top, left, height, width) cover."""
+    return channels * int((box[2] * box[3]).sum())
+
+
+def _inside_box_indicators(box: Tensor, height: int, width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Row (B, 1, H) and column (B, 1, W) indicators of (4, B) boxes (top, left, height, width)
+    that lie inside the image: `_box_indicators` without its clipping, and a square image looks
+    rows and columns up in one indexing."""
+    top, left, h, w = box
+    if height == width and height <= TABLE_MAX_SIDE:
+        index = torch.add(box[2:], box[:2], alpha=height + 2)  # (2, B): start * (n + 1) + (start + length)
+        table = _interval_table(height, box.device, dtype)
+        in_rows, in_cols = table.index_select(0, index.view(-1)).view(2, -1, 1, height)  # (2, B, 1, n)
+        return in_rows, in_cols
+    in_rows, in_cols = _box_indicators(top, left, top + h, left + w, height, width, dtype)
+    return in_rows[:, None], in_cols[:, None]
 
 
 def _erase(
-    x: Tensor, boxes: Sequence[Tensor], *, fill: str, value: float, mean: Sequence[float] | Tensor | None,
+    x: Tensor, box: Tensor, *, fill: str, value: float, mean: Sequence[float] | Tensor | None,
     noise: Tensor | None, inplace: bool,
 ) -> Tensor:
-    """Random erasing's fill of the (top, left, bottom, right) boxes, after the argument checks."""
+    """Random erasing's fill of the (4, B) boxes (top, left, height, width), after the argument checks."""
     _, c, h, w = x.shape
-    mask = box_mask(*boxes, h, w)  # (B, H, W)
+    in_rows, in_cols = _inside_box_indicators(box, h, w, x.dtype if x.is_floating_point() else torch.float32)
     if fill == "noise":
         if noise is not None and noise.shape == x.shape:
-            return _fill(x, mask, noise, inplace)
-        erased = _erased_count(boxes, c)
+            return _fill_boxes(x, in_rows, in_cols, noise, inplace)
+        erased = _erased_count(box, c)
         if noise is None or noise.shape != (erased,):
             got = None if noise is None else tuple(noise.shape)
             raise ValueError(f"fill='noise' needs draw.noise of shape {tuple(x.shape)} or ({erased},), got {got}")
+        mask = (in_rows[:, 0, :, None] * in_cols[:, 0, None, :]).bool()  # (B, H, W)
         out = x if inplace else x.clone()
-        return out.masked_scatter_(mask[:, None].bool().expand_as(x), noise.to(device=x.device, dtype=x.dtype))
-    if fill == "mean":
-        means = torch.zeros(c) if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
+        return out.masked_scatter_(mask[:, None].expand_as(x), noise.to(device=x.device, dtype=x.dtype))
+    if fill == "mean" and mean is not None:
+        means = torch.as_tensor(mean, dtype=torch.float32).flatten()
         if means.shape != (c,):
             raise ValueError(f"mean has {means.numel()} values for {c} channels")
-        return _fill(x, mask, means.view(c, 1, 1), inplace)
-    return _fill(x, mask, value, inplace)
+        return _fill_boxes(x, in_rows, in_cols, means.view(c, 1, 1), inplace)
+    # "mean" without means: normalised inputs, whose mean is 0
+    return _fill_boxes(x, in_rows, in_cols, 0.0 if fill == "mean" else value, inplace)
 
 
 class RandomErasing:
@@ -396,14 +465,13 @@ class RandomErasing:
         if self.fill == "noise" and not x.is_floating_point():
             raise ValueError(f"fill='noise' needs floating-point images, got {x.dtype}")
         draw = draw_erasing(b, attempts=self.attempts, p=self.p, generator=self.generator, device=x.device)
-        top, left, bottom, right, _ = erasing_boxes(draw, x.shape[2], x.shape[3], scale=self.scale, ratio=self.ratio)
+        box = _first_fitting_box(draw, x.shape[2], x.shape[3], self.scale, self.ratio)
         noise = None
         if self.fill == "noise":
             # noise only for the erased pixels: ~1/10 of a full (B, C, H, W) draw at the defaults
-            count = _erased_count((top, left, bottom, right), x.shape[1])
+            count = _erased_count(box, x.shape[1])
             noise = torch.randn(count, generator=self.generator, device=_draw_device(x.device, self.generator))
-        return _erase(x, (top, left, bottom, right), fill=self.fill, value=self.value, mean=self.mean,
-                      noise=noise, inplace=self.inplace)
+        return _erase(x, box, fill=self.fill, value=self.value, mean=self.mean, noise=noise, inplace=self.inplace)
 
     def __repr__(self) -> str:
         return (f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r}, "
@@ -439,7 +507,9 @@ def occlude(x: Tensor, top: Tensor, left: Tensor, side: int, *, fill: float = 0.
     if top.shape != (b,) or left.shape != (b,):
         raise ValueError(f"top/left of shape {tuple(top.shape)}/{tuple(left.shape)} do not match a batch of {b}")
     top, left = top.to(x.device), left.to(x.device)
-    return _fill(x, box_mask(top, left, top + side, left + side, h, w), fill)
+    in_rows, in_cols = _box_indicators(top, left, top + side, left + side, h, w,
+                                       x.dtype if x.is_floating_point() else torch.float32)
+    return _fill_boxes(x, in_rows[:, None], in_cols[:, None], fill)
 
 
 @dataclass(frozen=True)
