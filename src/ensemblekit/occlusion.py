@@ -398,12 +398,12 @@ def _inside_box_indicators(box: Tensor, height: int, width: int, dtype: torch.dt
     """Row (B, 1, H) and column (B, 1, W) indicators of (4, B) boxes (top, left, height, width)
     that lie inside the image: `_box_indicators` without its clipping, and a square image looks
     rows and columns up in one indexing."""
-    top, left, h, w = box
     if height == width and height <= TABLE_MAX_SIDE:
         index = torch.add(box[2:], box[:2], alpha=height + 2)  # (2, B): start * (n + 1) + (start + length)
         table = _interval_table(height, box.device, dtype)
         in_rows, in_cols = table.index_select(0, index.view(-1)).view(2, -1, 1, height)  # (2, B, 1, n)
         return in_rows, in_cols
+    top, left, h, w = box
     in_rows, in_cols = _box_indicators(top, left, top + h, left + w, height, width, dtype)
     return in_rows[:, None], in_cols[:, None]
 
