@@ -121,6 +121,11 @@ def _check_range(name: str, bounds: Sequence[float], low: float, high: float, *,
     return lo, hi
 
 
+def _mask_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the 0/1 box indicators for images ``x``: theirs if floating point."""
+    return x.dtype if x.is_floating_point() else torch.float32
+
+
 def _draw_device(x_device: torch.device, generator: torch.Generator | None) -> torch.device:
     # a generator draws on its own device; the numbers then move to the batch
     return x_device if generator is None else generator.device
@@ -239,10 +244,9 @@ def cutout(x: Tensor, draw: CutoutDraw, *, size: int, fill: float = 0.0, inplace
             f"draw shapes apply {tuple(draw.apply.shape)} / centres {tuple(draw.centres.shape)} "
             f"do not match a batch of {b}"
         )
-    top, left, bottom, right = cutout_boxes(draw.centres, size, h, w)
-    bottom = torch.where(draw.apply[:, None], bottom, top)  # images left alone get empty boxes
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    in_rows, in_cols = _box_indicators(top, left, bottom, right, h, w, dtype)  # (B, holes, H), (B, holes, W)
+    top, left, bottom, right = cutout_boxes(draw.centres.to(x.device), size, h, w)
+    bottom = torch.where(draw.apply.to(x.device)[:, None], bottom, top)  # images left alone get empty boxes
+    in_rows, in_cols = _box_indicators(top, left, bottom, right, h, w, _mask_dtype(x))  # (B, holes, H), (B, holes, W)
     return _fill_boxes(x, in_rows, in_cols, fill, inplace)
 
 
@@ -304,7 +308,7 @@ def draw_erasing(
     device = torch.device(device)
     draw_on = _draw_device(device, generator)
     # one call for all of them: at a batch of 256 the generator's per-call cost is a third of the
-    # draw. float32 is exact once widened to the float64 that `erasing_boxes` computes in.
+    # draw. float32 is exact once widened to the float64 that `_first_fitting_box` computes in.
     u = torch.rand(batch * (2 * attempts + 3), generator=generator, device=draw_on).to(device)
     apply = u[:batch] < p
     corner = u[batch : 3 * batch].view(2, batch)
@@ -385,7 +389,7 @@ def random_erasing(
             f"draw shapes apply {tuple(draw.apply.shape)} / corner {tuple(draw.corner.shape)} / area_ratio "
             f"{tuple(draw.area_ratio.shape)} do not match a batch of {b}; expected ({b},), (2, {b}), (2, {b}, attempts)"
         )
-    box = _first_fitting_box(draw, h, w, scale, ratio)
+    box = _first_fitting_box(draw, h, w, scale, ratio).to(x.device)
     return _erase(x, box, fill=fill, value=value, mean=mean, noise=draw.noise, inplace=inplace)
 
 
@@ -414,7 +418,7 @@ def _erase(
 ) -> Tensor:
     """Random erasing's fill of the (4, B) boxes (top, left, height, width), after the argument checks."""
     _, c, h, w = x.shape
-    in_rows, in_cols = _inside_box_indicators(box, h, w, x.dtype if x.is_floating_point() else torch.float32)
+    in_rows, in_cols = _inside_box_indicators(box, h, w, _mask_dtype(x))
     if fill == "noise":
         if noise is not None and noise.shape == x.shape:
             return _fill_boxes(x, in_rows, in_cols, noise, inplace)
@@ -507,8 +511,7 @@ def occlude(x: Tensor, top: Tensor, left: Tensor, side: int, *, fill: float = 0.
     if top.shape != (b,) or left.shape != (b,):
         raise ValueError(f"top/left of shape {tuple(top.shape)}/{tuple(left.shape)} do not match a batch of {b}")
     top, left = top.to(x.device), left.to(x.device)
-    in_rows, in_cols = _box_indicators(top, left, top + side, left + side, h, w,
-                                       x.dtype if x.is_floating_point() else torch.float32)
+    in_rows, in_cols = _box_indicators(top, left, top + side, left + side, h, w, _mask_dtype(x))
     return _fill_boxes(x, in_rows[:, None], in_cols[:, None], fill)
 
 
