@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +146,22 @@ def test_fashion_mnist_mlp_reaches_88_percent(tmp_path, capsys):
                         "--quiet", "--json", str(out_file))
     assert code == 0, err
     assert json.loads(out_file.read_text())["rows"][0]["test"]["accuracy"] >= 0.88
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_a_plain_open_would(tmp_path, umask):
+    from ensemblekit.report import atomic_write_bytes, write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        write_json(tmp_path / "b.json", {"k": 1})
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("a.bin", "b.json"):  # not mkstemp's owner-only 0600
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json", "plain"]  # no temporary left

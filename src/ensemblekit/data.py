@@ -24,7 +24,6 @@ import math
 import os
 import struct
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass, field, replace
@@ -618,7 +617,9 @@ def fetch(url: str, target: Path, *, check: Callable[[Path], None]) -> Path:
     `DataError`) must accept it before it is renamed into place, so a failed or corrupt download
     never leaves a file behind.
     """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    from .report import temp_file_beside
+
+    fd, tmp = temp_file_beside(target, suffix=".part")
     try:
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:

@@ -17,7 +17,10 @@ from typing import Any, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_table", "write_json", "write_html", "atomic_write_bytes", "save_figure", "new_figure", "format_metric"]
+__all__ = [
+    "print_table", "write_json", "write_html", "atomic_write_bytes", "temp_file_beside", "save_figure", "new_figure",
+    "format_metric",
+]
 
 DEFAULT_METRICS = ("accuracy", "nll", "brier", "ece")
 
@@ -62,11 +65,37 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new temporary file (descriptor, name) in ``path``'s folder, to be renamed onto ``path``.
+
+    ``tempfile.mkstemp`` creates it readable by its owner only (0600); it gets the mode a plain
+    ``open()`` would give instead (0644 under the usual umask), so results stay readable by others.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
