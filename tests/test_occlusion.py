@@ -196,7 +196,11 @@ def test_cutout_equals_per_image_reference(size, holes, shape, fill):
 @pytest.mark.parametrize("fill,value,given_mean", [
     ("constant", 3.0, True), ("constant", 0.0, True), ("noise", 0.0, True), ("mean", 0.0, True), ("mean", 0.0, False),
 ])  # a zero fill (value 0, or "mean" without means) takes a path of its own: a multiply
-@pytest.mark.parametrize("scale,ratio,shape", [((0.02, 0.4), (0.3, 3.3), (3, 32, 32)), ((0.2, 0.9), (0.1, 1.0), (1, 11, 17))])
+@pytest.mark.parametrize("scale,ratio,shape", [
+    ((0.02, 0.4), (0.3, 3.3), (3, 32, 32)),  # square: rows and columns from one table lookup
+    ((0.2, 0.9), (0.1, 1.0), (1, 11, 17)),  # not square, and many images where no attempt fits
+    ((0.02, 0.4), (0.3, 3.3), (2, 70, 90)),  # sides over 64: indicators by comparison
+])
 def test_random_erasing_equals_per_image_reference(fill, value, given_mean, scale, ratio, shape):
     b = 200
     x = torch.randn(b, *shape, generator=gen(0))
