@@ -116,8 +116,8 @@ def _check_range(name: str, bounds: Sequence[float], low: float, high: float, *,
         raise ValueError(f"{name}={bounds!r}: inverted range, low must not exceed high")
     inside_low = lo >= low if closed_low else lo > low
     if not inside_low or hi > high:
-        left = "[" if closed_low else "("
-        raise ValueError(f"{name}={bounds!r}: both bounds must lie in {left}{low:g}, {high:g}]")
+        left, right = "[" if closed_low else "(", ")" if math.isinf(high) else "]"
+        raise ValueError(f"{name}={bounds!r}: both bounds must lie in {left}{low:g}, {high:g}{right}")
     return lo, hi
 
 
