@@ -26,7 +26,7 @@ import struct
 import tarfile
 import urllib.request
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 

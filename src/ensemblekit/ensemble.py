@@ -25,7 +25,6 @@ own; ``vectorize="auto"`` picks whichever `bench/bench_ensemble.py` measured to 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Batches, Splits, resolve_device
+from .data import Batches
 from .metrics import evaluate
 from .models import build_model
 from .train import History, Recipe, fit

@@ -53,7 +53,6 @@ def ece(proba: Tensor, labels: Tensor, bins: int = 15) -> float:
     confidence, predicted = proba.double().max(dim=1)
     correct = (predicted == labels).double()
     which = (confidence * bins).ceil().long().clamp(1, bins) - 1  # (N,) bin index
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), torch.ones_like(correct).cpu())
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), confidence.cpu())
     correct_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), correct.cpu())
     return ((correct_sum - conf_sum).abs().sum() / max(len(labels), 1)).item()
