@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from torch import Tensor
 
 from .. import __version__
 from ..data import Splits, load
 from ..models import build_model
 from ..report import DEFAULT_METRICS, print_table, write_html, write_json
-from ..train import PRECISIONS, Recipe, evaluate_model
+from ..metrics import evaluate
+from ..train import PRECISIONS, Recipe, predict_proba
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -105,13 +107,20 @@ def model_config_from_args(args: argparse.Namespace, splits: Splits) -> dict[str
     return config
 
 
-def model_row(name: str, model: Any, splits: Splits, splits_to_score: Sequence[str] = ("val", "test")) -> dict[str, Any]:
-    """A result row for one trained model, metrics grouped by split."""
+def proba_row(
+    name: str, predict: Callable[[Tensor], Tensor], splits: Splits, splits_to_score: Sequence[str] = ("val", "test"),
+) -> dict[str, Any]:
+    """A result row for any predictor of class probabilities (an ensemble, MC dropout), metrics grouped by split."""
     row: dict[str, Any] = {"name": name}
     for split in splits_to_score:
         if len(splits[split]):
-            row[split] = evaluate_model(model, splits.inputs(split), splits[split].labels)
+            row[split] = evaluate(predict(splits.inputs(split)), splits[split].labels)
     return row
+
+
+def model_row(name: str, model: Any, splits: Splits, splits_to_score: Sequence[str] = ("val", "test")) -> dict[str, Any]:
+    """A result row for one trained model (its eval-mode probabilities), metrics grouped by split."""
+    return proba_row(name, lambda x: predict_proba(model, x), splits, splits_to_score)
 
 
 def finish(

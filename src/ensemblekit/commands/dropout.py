@@ -20,7 +20,7 @@ from ..models import build_model
 from ..report import new_figure, save_figure
 from ..train import Recipe, fit, predict_proba
 from .common import (
-    add_data_arguments, add_output_arguments, add_recipe_arguments, console, finish, load_from_args,
+    add_data_arguments, add_output_arguments, add_recipe_arguments, console, finish, load_from_args, proba_row,
     recipe_from_args,
 )
 
@@ -218,11 +218,7 @@ def demo_row(splits: Any, recipe: Recipe, progress: bool | None) -> dict[str, An
     fit(model, splits.batches("train", batch_size=recipe.batch_size), recipe, progress=progress,
         description="MC dropout MLP")
     mc = MCDropout(model, 20, seed=recipe.seed)
-    row: dict[str, Any] = {"name": "MC dropout (T=20)"}
-    for split in ("val", "test"):
-        if len(splits[split]):
-            row[split] = evaluate(mc.predict_proba(splits.inputs(split)), splits[split].labels)
-    return row
+    return proba_row("MC dropout (T=20)", mc.predict_proba, splits)
 
 
 # --------------------------------------------------------------------------------------- exact demo

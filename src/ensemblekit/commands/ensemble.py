@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..ensemble import COMBINE_RULES, VECTORIZE_MODES, evaluate_members, plot_size_curve, train_members
-from ..metrics import evaluate
 from ..report import format_metric, print_table
 from .common import (
     add_training_arguments, add_output_arguments, console,
-    err_console, finish, load_from_args, model_config_from_args, recipe_from_args,
+    err_console, finish, load_from_args, model_config_from_args, proba_row, recipe_from_args,
 )
 
 NAME = "ensemble"
@@ -83,10 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 other.fit_weights(splits.inputs("val"), splits.val.labels)
             else:
                 other = ensemble.with_combine(rule)
-            row = {"name": f"  combine={rule}"}
-            for s in evaluations:
-                row[s] = evaluate(other.predict_proba(splits.inputs(s)), splits[s].labels)
-            rows.append(row)
+            rows.append(proba_row(f"  combine={rule}", other.predict_proba, splits, tuple(evaluations)))
 
     test = evaluations["test"]
     notes = [extra_performance_line(test)]
@@ -140,8 +136,4 @@ def demo_row(splits: Any, recipe: Any, progress: bool | None) -> dict[str, Any]:
 
     trained = train_members(mlp_config(splits), splits.batches("train", batch_size=recipe.batch_size), recipe,
                             members=5, progress=progress)
-    row: dict[str, Any] = {"name": "ensemble of 5 MLPs"}
-    for split in ("val", "test"):
-        if len(splits[split]):
-            row[split] = evaluate(trained.ensemble.predict_proba(splits.inputs(split)), splits[split].labels)
-    return row
+    return proba_row("ensemble of 5 MLPs", trained.ensemble.predict_proba, splits)

@@ -20,7 +20,7 @@ from ..train import evaluate_model, fit
 from .averaging import BN_PASS_BATCHES, add_averaging_arguments, check_swa_lr, check_swa_start, default_cycle_epochs
 from .common import (
     add_training_arguments, add_output_arguments, finish,
-    load_from_args, model_config_from_args, model_row, recipe_from_args,
+    load_from_args, model_config_from_args, model_row, proba_row, recipe_from_args,
 )
 
 NAME = "train"
@@ -94,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [row]
     if snapshot_hook is not None:
         ensemble = snapshot_hook.ensemble()
-        row = {"name": f"snapshot ensemble ({len(ensemble)} snapshots)"}
-        for split in ("val", "test"):
-            if len(splits[split]):
-                row[split] = evaluate(ensemble.predict_proba(splits.inputs(split)), splits[split].labels)
-        rows.append(row)
+        rows.append(proba_row(f"snapshot ensemble ({len(ensemble)} snapshots)", ensemble.predict_proba, splits))
     if ema is not None:
         rows.append(model_row(f"EMA {ema_decay:g}", ema.module, splits))
     if swa is not None:
