@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.table import Table
 
@@ -24,24 +25,25 @@ def run(args: argparse.Namespace) -> int:
     for name, meta in sorted(DATASETS.items()):
         if meta.builtin is not None:
             table.add_row(name, "[green]yes[/]", meta.how_to_get, meta.description)
-            continue
-        folder = locate(name, args.data_dir)
-        if folder is not None:
-            table.add_row(name, "[green]yes[/]", str(folder), meta.description)
         else:
-            looked = "\n".join(f"  {d}" for d in search_dirs(name, args.data_dir))
-            table.add_row(name, "[red]no[/]", f"looked in:\n{looked}\n{meta.how_to_get}", meta.description)
+            table.add_row(*_found_row(name, locate(name, args.data_dir), args.data_dir, meta.how_to_get, meta.description))
     # Omniglot serves the Siamese command (pairs and one-shot runs), not classification
     from .. import omniglot
 
-    needed = omniglot.SMALL_BACKGROUND + (omniglot.RUNS_ZIP,)
-    folder = omniglot.locate(needed, args.data_dir)
-    where = str(folder) if folder is not None else (
-        "looked in:\n" + "\n".join(f"  {d}" for d in search_dirs("omniglot", args.data_dir))
-        + "\nput images_background_small1/2.zip and all_runs.zip there, or `ensemblekit siamese --download`"
-    )
-    table.add_row("omniglot", "[green]yes[/]" if folder is not None else "[red]no[/]", where,
-                  "Omniglot handwritten characters, 105x105 (Siamese / one-shot; `ensemblekit siamese`)")
+    folder = omniglot.locate(omniglot.SMALL_BACKGROUND + (omniglot.RUNS_ZIP,), args.data_dir)
+    table.add_row(*_found_row(
+        "omniglot", folder, args.data_dir,
+        "put images_background_small1/2.zip and all_runs.zip there, or `ensemblekit siamese --download`",
+        "Omniglot handwritten characters, 105x105 (Siamese / one-shot; `ensemblekit siamese`)",
+    ))
     table.add_row("folder:PATH", "-", "one sub-folder per class under PATH, any image Pillow reads", "your own images")
     console.print(table)
     return 0
+
+
+def _found_row(name: str, folder: Path | None, data_dir: str | None, how_to_get: str, description: str) -> tuple[str, ...]:
+    """A table row: where the dataset was found, or where it was looked for and how to get it."""
+    if folder is not None:
+        return name, "[green]yes[/]", str(folder), description
+    looked = "\n".join(f"  {d}" for d in search_dirs(name, data_dir))
+    return name, "[red]no[/]", f"looked in:\n{looked}\n{how_to_get}", description
