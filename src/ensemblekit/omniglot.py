@@ -283,5 +283,3 @@ def _valid(path: Path, name: str) -> bool:
     except DataError:
         return False
     return True
-
-
